@@ -1,6 +1,59 @@
-"""optuna-convexity: strong-convexity-guided hyper-parameter search for Optuna."""
+"""optuna-convexity: strong-convexity-guided hyper-parameter search for Optuna.
+
+- :class:`ConvexitySampler` runs the two-phase search in an ordinary Optuna study: cheap
+  screening trials scored by the flatness of their loss, then the flattest promoted.
+- :class:`ConvexityPruner` ends screening trials at the screening fidelity.
+- :func:`report_convexity` is the line to add to an objective; :func:`record_mu` records a
+  score computed elsewhere; :func:`is_screening` and :func:`is_promoted` tell the phases apart.
+- :func:`summarize` and :func:`leaderboard` report the rounds of a search.
+- :mod:`optuna_convexity.hessian` is the pure-PyTorch scoring module.
+
+Trial attributes written by the search (``user_attrs``, shown by optuna-dashboard):
+
+========================================  ===================================================
+``convexity:phase``                       ``"screening"`` or ``"promoted"``
+``convexity:round``                       round number (int)
+``convexity:slot``                        screening position in the round (int)
+``convexity:mu``                          score (float, ``None`` if not finite); promoted
+                                          trials carry their parent's
+``convexity:estimator``                   how ``mu`` was computed (str)
+``convexity:n_batches``                   batches scored (int)
+``convexity:n_nonfinite_batches``         batches left out as non-finite (int)
+``convexity:scored_by``                   trial number that computed ``mu`` (int)
+``convexity:parent``                      promoted: the screening trial rerun (int)
+``convexity:rank``                        promoted: 1 = flattest (int)
+``convexity:excluded``                    why a candidate cannot be promoted (str)
+========================================  ===================================================
+"""
 
 from optuna_convexity import hessian
+from optuna_convexity._pruner import ConvexityPruner
+from optuna_convexity._report import is_promoted
+from optuna_convexity._report import is_screening
+from optuna_convexity._report import record_mu
+from optuna_convexity._report import report_convexity
+from optuna_convexity._sampler import ConvexitySampler
+from optuna_convexity._sampler import ScreeningWaitError
+from optuna_convexity._summary import leaderboard
+from optuna_convexity._summary import Promotion
+from optuna_convexity._summary import RoundSummary
+from optuna_convexity._summary import ScreenedCandidate
+from optuna_convexity._summary import summarize
 from optuna_convexity._version import __version__
 
-__all__ = ["__version__", "hessian"]
+__all__ = [
+    "ConvexityPruner",
+    "ConvexitySampler",
+    "Promotion",
+    "RoundSummary",
+    "ScreenedCandidate",
+    "ScreeningWaitError",
+    "__version__",
+    "hessian",
+    "is_promoted",
+    "is_screening",
+    "leaderboard",
+    "record_mu",
+    "report_convexity",
+    "summarize",
+]

@@ -1,0 +1,183 @@
+"""The one line a user adds to an objective: score the screening trial."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+import math
+from numbers import Real
+from typing import Any
+
+import optuna
+from optuna.trial import BaseTrial
+from optuna.trial import FrozenTrial
+from optuna.trial import Trial
+from torch import nn
+
+from optuna_convexity import _attrs
+from optuna_convexity._pruner import ConvexityPruner
+from optuna_convexity._sampler import ConvexitySampler
+from optuna_convexity.hessian import BaseHessianNormEstimator
+from optuna_convexity.hessian import strong_convexity
+from optuna_convexity.hessian._estimators import LossFunction
+from optuna_convexity.hessian._head import LastLayer
+
+
+def is_screening(trial: BaseTrial | FrozenTrial) -> bool:
+    """Whether ``trial`` is a screening trial of a :class:`ConvexitySampler` search.
+
+    Use it to spend less on screening trials, e.g. a shorter data loader. It is ``False`` for
+    promoted trials, and for trials outside such a search (``optuna.trial.FixedTrial``).
+
+    Example:
+
+        .. code-block:: python
+
+            epochs = 1 if optuna_convexity.is_screening(trial) else 30
+    """
+    return trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_SCREENING
+
+
+def is_promoted(trial: BaseTrial | FrozenTrial) -> bool:
+    """Whether ``trial`` is a promoted (full-budget) trial of a :class:`ConvexitySampler`."""
+    return trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED
+
+
+def report_convexity(
+    trial: BaseTrial,
+    model: nn.Module,
+    loader: Iterable[Any],
+    loss_fn: LossFunction,
+    *,
+    estimator: str | BaseHessianNormEstimator | None = None,
+    last_layer: LastLayer = None,
+    max_batches: int | None = None,
+    max_examples: int | None = None,
+    end_trial: bool | None = None,
+) -> float | None:
+    """Score a screening trial by the flatness of its loss; do nothing in other trials.
+
+    Call it once per epoch (or once, after the first epoch) in the objective. In a screening
+    trial the first call computes ``mu`` with
+    :func:`~optuna_convexity.hessian.strong_convexity` (the supremum over the loader's batches
+    of the Hessian-norm estimate) and records it in the trial's ``user_attrs``; later calls
+    return the recorded value. In a promoted trial, and outside a convexity search, it returns
+    ``None`` at once.
+
+    How the screening trial then ends (``end_trial``):
+
+    - with :class:`ConvexityPruner` as the study's pruner (the default ``end_trial=None``), the
+      call returns and the next ``trial.should_prune()`` in the training loop ends the trial;
+      so the one-epoch validation value your loop reports is kept;
+    - otherwise ``end_trial=None`` raises :class:`optuna.TrialPruned` right after scoring, so
+      an objective without a pruning loop still stops at the cheap fidelity.
+
+    Args:
+        trial: The trial passed to the objective.
+        model: The model, after its first training epoch.
+        loader: ``(inputs, targets)`` batches to score on, typically the training loader.
+        loss_fn: The training loss.
+        estimator: Overrides the sampler's ``estimator``.
+        last_layer: The model's last ``nn.Linear`` layer, if it cannot be found automatically.
+        max_batches: Score at most this many batches.
+        max_examples: Score at most (about) this many examples.
+        end_trial: ``True`` always raises ``TrialPruned`` after scoring a screening trial,
+            ``False`` never does; ``None`` decides as described above.
+
+    Returns:
+        ``mu`` in a screening trial (``nan`` if no batch gave a finite estimate), else ``None``.
+
+    Example:
+
+        .. code-block:: python
+
+            for epoch in range(n_epochs):
+                train_one_epoch(model, train_loader, optimizer)
+                optuna_convexity.report_convexity(trial, model, train_loader, loss_fn)
+                trial.report(evaluate(model), epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+    """
+    if not is_screening(trial):
+        return None
+    if trial.user_attrs.get(_attrs.SCORED_BY) == trial.number:
+        recorded = trial.user_attrs.get(_attrs.MU)
+        mu = float(recorded) if recorded is not None else math.nan
+    else:
+        sampler = trial.study.sampler if isinstance(trial, Trial) else None
+        chosen = estimator
+        if chosen is None:
+            chosen = sampler.estimator if isinstance(sampler, ConvexitySampler) else "last_layer"
+        result = strong_convexity(
+            model,
+            loader,
+            loss_fn,
+            estimator=chosen,
+            last_layer=last_layer,
+            max_batches=max_batches,
+            max_examples=max_examples,
+        )
+        mu = result.mu
+        record_mu(
+            trial,
+            mu,
+            estimator=result.estimator,
+            n_batches=result.n_batches,
+            n_nonfinite_batches=result.n_nonfinite,
+        )
+    if end_trial is None:
+        end_trial = not (
+            isinstance(trial, Trial) and isinstance(trial.study.pruner, ConvexityPruner)
+        )
+    if end_trial:
+        raise optuna.TrialPruned(f"screening trial scored: mu = {mu:.6g}")
+    return mu
+
+
+def record_mu(
+    trial: BaseTrial,
+    mu: float,
+    *,
+    estimator: str = "custom",
+    n_batches: int | None = None,
+    n_nonfinite_batches: int | None = None,
+) -> None:
+    """Record a ``mu`` computed elsewhere as the score of a screening trial.
+
+    The low-level half of :func:`report_convexity`: use it when the score comes from your own
+    code (another framework, a precomputed value). It does not end the trial.
+
+    Args:
+        trial: A running screening trial.
+        mu: The score; lower is flatter. Non-finite or non-positive scores are recorded, and
+            the trial is then excluded from promotion with the reason shown.
+        estimator: A short description of how ``mu`` was computed.
+        n_batches: How many batches the score covers, if known.
+        n_nonfinite_batches: How many of them were left out as non-finite, if known.
+
+    Raises:
+        ValueError: If ``trial`` is not a screening trial or ``mu`` is not a real number.
+
+    Example:
+
+        .. code-block:: python
+
+            if optuna_convexity.is_screening(trial):
+                optuna_convexity.record_mu(trial, my_sharpness(model), estimator="mine")
+                raise optuna.TrialPruned()
+    """
+    if not is_screening(trial):
+        phase = trial.user_attrs.get(_attrs.PHASE, "not part of a convexity search")
+        raise ValueError(
+            f"record_mu needs a screening trial; trial {trial.number} is {phase}. Guard the "
+            "call with optuna_convexity.is_screening(trial)."
+        )
+    if isinstance(mu, bool) or not isinstance(mu, Real):
+        raise ValueError(f"mu must be a real number, got {mu!r} ({type(mu).__name__}).")
+    value = float(mu)
+    trial.set_user_attr(_attrs.MU, value if math.isfinite(value) else None)
+    trial.set_user_attr(_attrs.ESTIMATOR, str(estimator))
+    if n_batches is not None:
+        trial.set_user_attr(_attrs.N_BATCHES, int(n_batches))
+    if n_nonfinite_batches is not None:
+        trial.set_user_attr(_attrs.N_NONFINITE_BATCHES, int(n_nonfinite_batches))
+    trial.set_user_attr(_attrs.SCORED_BY, trial.number)

@@ -1,0 +1,251 @@
+"""What a convexity search has done so far, round by round, read from the study."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+import datetime
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from optuna_convexity import _attrs
+from optuna_convexity._roles import candidates_of_round
+from optuna_convexity._roles import ranking
+from optuna_convexity._roles import resolve
+from optuna_convexity._sampler import ConvexitySampler
+
+
+@dataclasses.dataclass(frozen=True)
+class ScreenedCandidate:
+    """One screened configuration (its latest attempt, if it was retried)."""
+
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    mu: float | None
+    #: The last value the objective reported (the one-epoch value of a screening trial).
+    value: float | None
+    #: 1 = flattest among the round's valid candidates; ``None`` if excluded or running.
+    screening_rank: int | None
+    #: Why the candidate cannot be promoted (``None`` if it can).
+    excluded: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Promotion:
+    """A promoted trial: a candidate rerun at the full budget."""
+
+    rank: int
+    number: int
+    parent: int
+    mu: float | None
+    state: TrialState
+    value: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundSummary:
+    """A round: its screening candidates and its promotions."""
+
+    round: int
+    #: Whether every screening trial of the round has finished (promotion can be decided).
+    screening_done: bool
+    candidates: list[ScreenedCandidate]
+    promotions: list[Promotion]
+    #: Ranks with no valid candidate left; their trials screened for the next round.
+    unfilled_ranks: list[int]
+
+    @property
+    def promoted_numbers(self) -> set[int]:
+        return {p.parent for p in self.promotions}
+
+
+def _configuration(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[int, int]:
+    sampler = study.sampler
+    if isinstance(sampler, ConvexitySampler):
+        return sampler.n_screening, sampler.n_promoted
+    # A study loaded without its sampler (a notebook, the dashboard): read the attributes.
+    slots = [t.user_attrs.get(_attrs.SLOT) for t in trials]
+    ranks = [t.user_attrs.get(_attrs.RANK) for t in trials]
+    n_screening = max((s for s in slots if isinstance(s, int)), default=-1) + 1
+    n_promoted = max((r for r in ranks if isinstance(r, int)), default=0)
+    if n_screening < 1 or n_promoted < 1:
+        raise ValueError(
+            f"Study {study.study_name!r} has no trials of a ConvexitySampler search yet."
+        )
+    return n_screening, n_promoted
+
+
+def _last_value(trial: FrozenTrial) -> float | None:
+    if trial.value is not None:
+        return float(trial.value)
+    if trial.intermediate_values:
+        return float(trial.intermediate_values[max(trial.intermediate_values)])
+    return None
+
+
+def summarize(study: optuna.Study) -> list[RoundSummary]:
+    """The rounds of a :class:`ConvexitySampler` search, from the study's storage.
+
+    Works on any study loaded from storage (the sampler's settings are read from the trials'
+    attributes if the study was loaded without it). While a round's screening runs, its
+    candidates are ranked among those finished so far.
+
+    Example:
+
+        .. code-block:: python
+
+            for round_ in optuna_convexity.summarize(study):
+                print(round_.round, [c.mu for c in round_.candidates])
+    """
+    trials = study.get_trials(deepcopy=False)
+    n_screening, n_promoted = _configuration(study, trials)
+    resolution = resolve(
+        trials,
+        n_screening,
+        n_promoted,
+        frozen=ConvexitySampler._frozen_rankings(study),
+        retries_expected=False,
+        retry_grace=datetime.timedelta(0),
+        now=datetime.datetime.now(),
+    )
+    promotions: dict[int, dict[int, Promotion]] = {}
+    for trial in trials:
+        if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_PROMOTED:
+            continue
+        mu = trial.user_attrs.get(_attrs.MU)
+        promotion = Promotion(
+            rank=int(trial.user_attrs[_attrs.RANK]),
+            number=trial.number,
+            parent=int(trial.user_attrs[_attrs.PARENT]),
+            mu=float(mu) if mu is not None else None,
+            state=trial.state,
+            value=_last_value(trial),
+        )
+        by_rank = promotions.setdefault(int(trial.user_attrs[_attrs.ROUND]), {})
+        previous = by_rank.get(promotion.rank)
+        # A retried promotion: show the attempt that completed, or else the latest one.
+        if previous is None or previous.state != TrialState.COMPLETE:
+            by_rank[promotion.rank] = promotion
+    rounds = sorted(
+        {r for r, c in resolution.candidates.items() if c}
+        | {role.round for role in resolution.roles.values() if role.phase == "screening"}
+        | set(promotions)
+    )
+    summaries = []
+    for round_number in rounds:
+        candidates = resolution.candidates.get(round_number)
+        if candidates is None:
+            candidates = candidates_of_round(trials, resolution.roles, round_number)
+        closed = round_number in resolution.rankings
+        ranked = resolution.rankings[round_number] if closed else ranking(candidates)
+        ranks = {c.root: rank for rank, c in enumerate(ranked, start=1)}
+        screened = [
+            ScreenedCandidate(
+                number=c.final.number,
+                state=c.final.state,
+                params=dict(c.final.params),
+                mu=c.mu,
+                value=_last_value(c.final),
+                screening_rank=ranks.get(c.root),
+                excluded=c.exclusion,
+            )
+            for c in candidates
+        ]
+        by_rank = promotions.get(round_number, {})
+        summaries.append(
+            RoundSummary(
+                round=round_number,
+                screening_done=closed,
+                candidates=screened,
+                promotions=[by_rank[rank] for rank in sorted(by_rank)],
+                unfilled_ranks=list(range(len(ranked) + 1, n_promoted + 1)) if closed else [],
+            )
+        )
+    return summaries
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
+    """A Markdown leaderboard of the search: screening ranks with ``mu``, promoted results.
+
+    ``top`` limits the screening rows per round (by default, the promoted candidates plus five).
+    It is the text the dashboard note shows and the quickstart prints.
+
+    Example:
+
+        .. code-block:: python
+
+            print(optuna_convexity.leaderboard(study))
+    """
+    lines = []
+    for summary in summarize(study):
+        n_valid = sum(1 for c in summary.candidates if c.screening_rank is not None)
+        status = "screening done" if summary.screening_done else "screening in progress"
+        lines.append(
+            f"### Round {summary.round}: {len(summary.candidates)} screened ({status}, "
+            f"{n_valid} valid), {len(summary.promotions)} promoted"
+        )
+        lines.append("")
+        lines.append("| screening rank | trial | mu | one-epoch value | params |")
+        lines.append("|---:|---:|---:|---:|:---|")
+        limit = top if top is not None else len(summary.promotions) + 5
+        ordered = sorted(
+            summary.candidates,
+            key=lambda c: (c.screening_rank is None, c.screening_rank or 0, c.number),
+        )
+        shown = [c for c in ordered if c.screening_rank is not None][:limit]
+        for c in shown:
+            marker = " (promoted)" if c.number in summary.promoted_numbers else ""
+            lines.append(
+                f"| {c.screening_rank}{marker} | {c.number} | {_number(c.mu)} | "
+                f"{_number(c.value)} | {_params(c.params)} |"
+            )
+        excluded = [c for c in ordered if c.screening_rank is None]
+        if excluded:
+            reasons: dict[str, list[int]] = {}
+            for c in excluded:
+                reasons.setdefault(c.excluded or "?", []).append(c.number)
+            lines.append("")
+            lines.append(
+                "Not ranked: "
+                + "; ".join(
+                    f"{reason} (trials {', '.join(map(str, numbers))})"
+                    for reason, numbers in reasons.items()
+                )
+            )
+        if summary.promotions or summary.unfilled_ranks:
+            lines.append("")
+            lines.append("| promoted rank | trial | parent | mu | state | value |")
+            lines.append("|---:|---:|---:|---:|:---|---:|")
+            for p in summary.promotions:
+                lines.append(
+                    f"| {p.rank} | {p.number} | {p.parent} | {_number(p.mu)} | {p.state.name} | "
+                    f"{_number(p.value, 6)} |"
+                )
+            for rank in summary.unfilled_ranks:
+                lines.append(f"| {rank} | - | - | - | no valid candidate left | - |")
+        lines.append("")
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if completed:
+        best = study.best_trial
+        lines.append(
+            f"**Best trial: {best.number}**, value {_number(best.value, 6)}, "
+            f"params {_params(best.params)}"
+        )
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,301 @@
+"""Exclusions, skipped ranks, mistakes and their messages, and the pruner."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+
+import optuna_convexity
+from optuna_convexity import _attrs
+from optuna_convexity._roles import assign_roles
+from tests.search.helpers import check_round
+from tests.search.helpers import objective
+from tests.search.helpers import synthetic_mu
+
+FAST = {"poll_interval": (0.02, 0.1)}
+
+
+def _study(n_screening: int, n_promoted: int, **kwargs: object) -> optuna.Study:
+    return optuna.create_study(
+        sampler=optuna_convexity.ConvexitySampler(n_screening, n_promoted, seed=3, **FAST),  # type: ignore[arg-type]
+        pruner=optuna_convexity.ConvexityPruner(**kwargs),  # type: ignore[arg-type]
+    )
+
+
+def _troubled_objective(trial: optuna.Trial) -> float:
+    """Slot-dependent trouble: failure, pruning before scoring, NaN and zero scores."""
+    x = trial.suggest_float("x", -1.0, 1.0)
+    trial.suggest_int("y", 0, 9)
+    if optuna_convexity.is_screening(trial):
+        slot = trial.user_attrs.get(_attrs.SLOT)
+        if slot == 0:
+            raise RuntimeError("out of memory")
+        if slot == 1:
+            raise optuna.TrialPruned()
+        mu = {2: math.nan, 3: 0.0, 4: -1.0}.get(slot, synthetic_mu(trial.params))
+        optuna_convexity.record_mu(trial, mu)
+        trial.report(x, 0)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return x
+
+
+def test_excluded_candidates_carry_the_reason_and_skipped_ranks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    study = _study(8, 5)
+    optuna.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            study.optimize(_troubled_objective, n_trials=13, catch=(RuntimeError,))
+    finally:
+        optuna.logging.disable_propagation()
+    reasons = {
+        t.user_attrs[_attrs.SLOT]: t.user_attrs.get(_attrs.EXCLUDED) for t in study.trials[:8]
+    }
+    assert reasons[0] == "failed before scoring"
+    assert reasons[1] == "pruned before scoring"
+    assert reasons[2] == "mu is not finite"
+    assert study.trials[2].user_attrs[_attrs.MU] is None  # NaN is stored as None (valid JSON)
+    assert reasons[3] == reasons[4] == "mu is not positive"
+    assert reasons[5] is reasons[6] is reasons[7] is None
+    # Three valid candidates for five promotions: the trials holding ranks 4 and 5 screen
+    # new candidates for round 1 instead of running anything at the full budget.
+    promoted = [t for t in study.trials[8:] if t.user_attrs[_attrs.PHASE] == "promoted"]
+    released = [t for t in study.trials[8:] if t.user_attrs[_attrs.PHASE] == "screening"]
+    assert sorted(t.user_attrs[_attrs.PARENT] for t in promoted) == [5, 6, 7]
+    assert [t.number for t in released] == [11, 12]
+    assert all(t.user_attrs[_attrs.ROUND] == 1 for t in released)
+    assert all(t.state == TrialState.PRUNED for t in released)
+    assert optuna_convexity.is_promoted(study.best_trial)
+    assert any("3 valid candidates for 5 promotions" in r.getMessage() for r in caplog.records)
+    check_round(study, 0, 8, 5)
+    summary = optuna_convexity.summarize(study)
+    assert summary[0].unfilled_ranks == [4, 5]
+    assert {c.number for c in summary[1].candidates} == {11, 12}
+    assert "no valid candidate left" in optuna_convexity.leaderboard(study)
+
+
+def test_screening_trial_without_a_score_is_a_clear_error() -> None:
+    study = _study(3, 1)
+
+    def forgetful(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 0, 1)
+
+    with pytest.raises(RuntimeError, match="without a convexity score.*report_convexity"):
+        study.optimize(forgetful, n_trials=1)
+    assert study.trials[0].state == TrialState.COMPLETE  # what the study holds is kept
+    assert study.trials[0].user_attrs[_attrs.EXCLUDED] == "no mu recorded"
+
+
+def test_promoted_trial_suggesting_a_new_parameter_fails_clearly() -> None:
+    study = _study(2, 1)
+
+    def changing(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if optuna_convexity.is_screening(trial):
+            optuna_convexity.record_mu(trial, x + 0.1)
+            raise optuna.TrialPruned()
+        return trial.suggest_float("z", 0, 1)
+
+    with pytest.raises(ValueError, match="suggests 'z', which its parent, screening trial"):
+        study.optimize(changing, n_trials=3)
+    assert study.trials[2].state == TrialState.FAIL
+
+
+def test_promoted_trial_with_a_narrower_range_fails_clearly() -> None:
+    study = _study(1, 1)
+
+    def narrowing(trial: optuna.Trial) -> float:
+        if optuna_convexity.is_screening(trial):
+            trial.suggest_float("x", 0.5, 0.5000001)
+            optuna_convexity.record_mu(trial, 1.0)
+            raise optuna.TrialPruned()
+        return trial.suggest_float("x", 0, 0.1)
+
+    with pytest.raises(ValueError, match="does not contain the value"):
+        study.optimize(narrowing, n_trials=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_screening": 5, "n_promoted": 6}, "exceeds n_screening"),
+        ({"n_screening": 0}, "n_screening must be a positive integer"),
+        ({"n_promoted": -1}, "n_promoted must be a positive integer"),
+        ({"n_screening": 2.5}, "n_screening must be a positive integer"),
+        ({"estimator": "exact"}, "Unknown estimator 'exact'"),
+        ({"seed": 1, "screening_sampler": optuna.samplers.TPESampler()}, "pass the seed"),
+        ({"poll_interval": (1.0, 0.5)}, "poll_interval"),
+        ({"wait_timeout": 0}, "wait_timeout"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        optuna_convexity.ConvexitySampler(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_types_fail_at_construction() -> None:
+    with pytest.raises(TypeError, match="screening_sampler must be an Optuna sampler"):
+        optuna_convexity.ConvexitySampler(screening_sampler="random")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pruner must be an Optuna pruner"):
+        optuna_convexity.ConvexityPruner("median")  # type: ignore[arg-type]
+
+
+def test_default_construction_works() -> None:
+    study = optuna.create_study(sampler=optuna_convexity.ConvexitySampler())
+    assert study.sampler.n_screening == 50 and study.sampler.n_promoted == 10  # type: ignore[attr-defined]
+
+
+def test_multi_objective_study_is_refused_without_leaving_a_running_trial() -> None:
+    study = optuna.create_study(
+        directions=["minimize", "minimize"], sampler=optuna_convexity.ConvexitySampler(2, 1)
+    )
+    with pytest.raises(ValueError, match="single-objective"):
+        study.optimize(lambda t: (0.0, 0.0), n_trials=1)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_foreign_trials_are_refused() -> None:
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    study.sampler = optuna_convexity.ConvexitySampler(2, 1)
+    with pytest.raises(ValueError, match="did not run \\(trial 0, 1\\).*new study"):
+        study.optimize(objective, n_trials=1)
+
+
+def test_pruner_never_prunes_promoted_trials_by_itself() -> None:
+    study = _study(2, 2)
+
+    def always_reporting(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1, 1)
+        trial.suggest_int("y", 0, 9)
+        for step in range(5):
+            if optuna_convexity.is_screening(trial):
+                optuna_convexity.record_mu(trial, synthetic_mu(trial.params))
+            trial.report(-100.0 * (step + 1), step)  # terrible values
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return x
+
+    study.optimize(always_reporting, n_trials=4)
+    assert [t.state for t in study.trials[2:]] == [TrialState.COMPLETE] * 2
+
+
+def test_wrapped_pruner_sees_only_promoted_trials() -> None:
+    seen: list[list[str]] = []
+
+    class Recording(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            seen.append([t.user_attrs.get(_attrs.PHASE) for t in study.get_trials()])
+            return False
+
+    study = _study(3, 2, pruner=Recording())
+    study.optimize(objective, n_trials=5)
+    assert seen and all(set(phases_) == {"promoted"} for phases_ in seen)
+
+
+def test_wrapped_median_pruner_prunes_promoted_trials() -> None:
+    study = _study(3, 3, pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+
+    def decreasing(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1, 1)
+        trial.suggest_int("y", 0, 9)
+        for step in range(3):
+            if optuna_convexity.is_screening(trial):
+                optuna_convexity.record_mu(trial, synthetic_mu(trial.params))
+            # Later trials report worse values. Seeing the screening trials (values 0 to 2), the
+            # median pruner would stop trial 3 at once; seeing promoted trials only, it lets
+            # the first one finish and stops the later, worse ones.
+            trial.report(float(trial.number), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return x
+
+    study.optimize(decreasing, n_trials=6)
+    promoted = study.trials[3:]
+    assert [t.state for t in promoted] == [TrialState.COMPLETE] + [TrialState.PRUNED] * 2
+
+
+def test_record_mu_checks_its_arguments() -> None:
+    study = _study(1, 1)
+    trial = study.ask()
+    with pytest.raises(ValueError, match="mu must be a real number"):
+        optuna_convexity.record_mu(trial, "0.5")  # type: ignore[arg-type]
+    optuna_convexity.record_mu(trial, 0.5)
+    study.tell(trial, state=TrialState.PRUNED)
+    promoted = study.ask()
+    with pytest.raises(ValueError, match="needs a screening trial; trial 1 is promoted"):
+        optuna_convexity.record_mu(promoted, 0.5)
+    fixed = optuna.trial.FixedTrial({"x": 0.1})
+    assert not optuna_convexity.is_screening(fixed) and not optuna_convexity.is_promoted(fixed)
+
+
+def test_roles_are_a_function_of_trial_numbers_and_origins() -> None:
+    create = optuna.trial.create_trial
+
+    def fresh(number: int) -> optuna.trial.FrozenTrial:
+        trial = create(state=TrialState.RUNNING)
+        trial.number = number
+        return trial
+
+    def enqueued(number: int) -> optuna.trial.FrozenTrial:
+        trial = create(state=TrialState.WAITING, system_attrs={"fixed_params": {"x": 1}})
+        trial.number = number
+        return trial
+
+    def retry(number: int, of: int) -> optuna.trial.FrozenTrial:
+        trial = create(state=TrialState.WAITING, system_attrs={"failed_trial": of})
+        trial.number = number
+        return trial
+
+    trials = [fresh(0), enqueued(1), fresh(2), fresh(3), enqueued(4), retry(5, 3), fresh(6)]
+    roles = assign_roles(trials, n_screening=2, n_promoted=1)
+    assert (roles[0].phase, roles[0].slot) == ("screening", 0)
+    assert (roles[1].phase, roles[1].round, roles[1].slot) == ("screening", 0, None)
+    assert (roles[2].phase, roles[2].slot) == ("screening", 1)
+    assert (roles[3].phase, roles[3].rank, roles[3].round) == ("promoted", 1, 0)
+    # Enqueued during a promotion phase: an extra candidate of the next round.
+    assert (roles[4].phase, roles[4].round) == ("screening", 1)
+    assert roles[5] == roles[3]  # a retry holds its original's role
+    assert (roles[6].phase, roles[6].round, roles[6].slot) == ("screening", 1, 0)
+    # The same trials in any order give the same roles.
+    assert assign_roles(list(reversed(trials)), 2, 1) == roles
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_heartbeat_retry_keeps_the_promotion(tmp_path: object) -> None:
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path}/heartbeat.db",  # type: ignore[str-bytes-safe]
+        heartbeat_interval=1,
+        grace_period=2,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+    )
+    study = optuna.create_study(
+        storage=storage,
+        sampler=optuna_convexity.ConvexitySampler(2, 1, **FAST),  # type: ignore[arg-type]
+        pruner=optuna_convexity.ConvexityPruner(),
+    )
+    study.optimize(objective, n_trials=2)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        doomed = study.ask()  # promoted rank 1; its worker "dies": no heartbeat, no tell
+    doomed.suggest_float("x", -1, 1)
+    parent = doomed.user_attrs[_attrs.PARENT]
+    storage.record_heartbeat(doomed._trial_id)
+    import time
+
+    time.sleep(3.5)
+    study.optimize(objective, n_trials=1)  # fails the stale trial, reruns its copy
+    assert study.trials[2].state == TrialState.FAIL
+    retried = study.trials[3]
+    assert retried.system_attrs["failed_trial"] == 2
+    assert retried.state == TrialState.COMPLETE
+    assert retried.user_attrs[_attrs.RANK] == 1
+    assert retried.user_attrs[_attrs.PARENT] == parent
+    assert retried.params == study.trials[parent].params
+    check_round(study, 0, 2, 1)
