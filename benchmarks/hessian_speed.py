@@ -34,6 +34,7 @@ from torch import nn
 from optuna_convexity.hessian import HutchinsonEstimator
 from optuna_convexity.hessian import strong_convexity
 
+
 TARGETS = {"paper": 1.05, "last_layer": 1.25}
 
 

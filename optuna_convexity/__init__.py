@@ -41,6 +41,7 @@ from optuna_convexity._summary import ScreenedCandidate
 from optuna_convexity._summary import summarize
 from optuna_convexity._version import __version__
 
+
 __all__ = [
     "ConvexityPruner",
     "ConvexitySampler",

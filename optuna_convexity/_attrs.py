@@ -6,6 +6,7 @@ tests of users' own tooling may rely on them.
 
 from __future__ import annotations
 
+
 #: ``"screening"`` or ``"promoted"``.
 PHASE = "convexity:phase"
 #: The round (0, 1, ...) the trial belongs to; a round is ``n_screening`` screening trials

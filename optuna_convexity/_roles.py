@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
 
+
 Phase = Literal["screening", "promoted"]
 
 #: Optuna's system attribute naming the original of a retried trial.
@@ -189,10 +190,44 @@ def awaited(
     return pending
 
 
-def ranking(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Valid candidates, flattest first (ties broken by trial number): the promotion order."""
+Criterion = Literal["mu", "mu_in_better_half"]
+CRITERIA = ("mu", "mu_in_better_half")
+
+
+def reported_value(trial: FrozenTrial) -> float | None:
+    """The last value the objective reported (a screening trial's one-epoch value)."""
+    if not trial.intermediate_values:
+        return None
+    value = trial.intermediate_values[max(trial.intermediate_values)]
+    return float(value) if math.isfinite(value) else None
+
+
+def ranking(
+    candidates: Sequence[Candidate], criterion: Criterion = "mu", maximize: bool = False
+) -> list[Candidate]:
+    """Valid candidates in promotion order (ties broken by trial number).
+
+    - ``"mu"`` (the paper): flattest first.
+    - ``"mu_in_better_half"``: first the candidates whose reported one-epoch value is in the
+      better half of the valid candidates' values (by the study's direction), flattest first;
+      then the others, flattest first. It keeps the paper's preference for flat losses but
+      stops a barely trained configuration (tiny learning rate, huge batch), whose loss is flat
+      because it has not moved, from ranking first.
+    """
     valid = [c for c in candidates if c.exclusion is None]
-    return sorted(valid, key=lambda c: (c.mu, c.root))
+    if criterion == "mu":
+        return sorted(valid, key=lambda c: (c.mu, c.root))
+    values = {c.root: reported_value(c.final) for c in valid}
+    known = sorted(
+        (v for v in values.values() if v is not None), key=lambda v: -v if maximize else v
+    )
+    better = set()
+    if known:
+        cut = known[(len(known) - 1) // 2]  # the median (the better one of the two middles)
+        for root, value in values.items():
+            if value is not None and (value >= cut if maximize else value <= cut):
+                better.add(root)
+    return sorted(valid, key=lambda c: (c.root not in better, c.mu, c.root))
 
 
 @dataclasses.dataclass
@@ -219,6 +254,8 @@ def resolve(
     retries_expected: bool,
     retry_grace: datetime.timedelta,
     now: datetime.datetime,
+    criterion: Criterion = "mu",
+    maximize: bool = False,
 ) -> Resolution:
     """Close rounds in order, rank them and hand surplus promotion slots to the next round.
 
@@ -245,7 +282,7 @@ def resolve(
         if round_number in frozen and all(n in by_number for n in frozen[round_number]):
             ranked = [by_number[n] for n in frozen[round_number]]
         else:
-            ranked = ranking(candidates)
+            ranked = ranking(candidates, criterion, maximize)
         resolution.rankings[round_number] = ranked
         surplus = {
             role.root

@@ -18,18 +18,24 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.samplers import BaseSampler
 from optuna.samplers import RandomSampler
 from optuna.study import Study
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
+from optuna_convexity import _dashboard
+from optuna_convexity._dashboard import Finishing
 from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import Candidate
+from optuna_convexity._roles import CRITERIA
+from optuna_convexity._roles import Criterion
 from optuna_convexity._roles import foreign_trials
 from optuna_convexity._roles import Resolution
 from optuna_convexity._roles import resolve
 from optuna_convexity._roles import Role
 from optuna_convexity.hessian import BaseHessianNormEstimator
 from optuna_convexity.hessian import get_estimator
+
 
 _logger = optuna.logging.get_logger(__name__)
 
@@ -117,6 +123,12 @@ class ConvexitySampler(BaseSampler):
             The default estimator of ``mu`` used by :func:`report_convexity`: ``"last_layer"``,
             ``"hutchinson"``, ``"paper"`` or an estimator instance from
             :mod:`optuna_convexity.hessian`.
+        criterion:
+            How candidates are ranked for promotion. ``"mu"`` is the paper's rule: the lowest
+            ``mu`` first. ``"mu_in_better_half"`` ranks first, by ``mu``, the candidates whose
+            last reported value (``trial.report`` in the screening epoch) is in the better
+            half, then the rest by ``mu``: after one epoch a barely trained configuration can
+            look flat because it has not moved, and this keeps it from being promoted first.
         poll_interval:
             ``(first, largest)`` seconds between storage reads of a trial waiting for the
             screening to finish; the interval grows by half each time.
@@ -137,6 +149,7 @@ class ConvexitySampler(BaseSampler):
         screening_sampler: BaseSampler | None = None,
         seed: int | None = None,
         estimator: str | BaseHessianNormEstimator = "last_layer",
+        criterion: Criterion = "mu",
         poll_interval: tuple[float, float] = (0.25, 5.0),
         wait_timeout: float | None = None,
         stale_warning: float = 600.0,
@@ -168,6 +181,12 @@ class ConvexitySampler(BaseSampler):
                 f"poll_interval must be (first, largest) seconds with 0 < first <= largest, "
                 f"got {poll_interval!r}."
             )
+        if criterion not in CRITERIA:
+            raise ValueError(
+                f"Unknown criterion {criterion!r}; use 'mu' (the paper: flattest first) or "
+                "'mu_in_better_half' (flattest first among the candidates whose one-epoch "
+                "reported value is in the better half)."
+            )
         if wait_timeout is not None and not wait_timeout > 0:
             raise ValueError(f"wait_timeout must be positive or None, got {wait_timeout!r}.")
         if not stale_warning > 0:
@@ -175,6 +194,7 @@ class ConvexitySampler(BaseSampler):
         self.n_screening = n_screening
         self.n_promoted = n_promoted
         self.estimator = get_estimator(estimator)
+        self.criterion: Criterion = criterion
         self._screening_sampler = screening_sampler or RandomSampler(seed=seed)
         self._poll_interval = (float(poll_interval[0]), float(poll_interval[1]))
         self._wait_timeout = wait_timeout
@@ -331,6 +351,7 @@ class ConvexitySampler(BaseSampler):
                 {_attrs.PHASE: _attrs.PHASE_SCREENING, _attrs.ROUND: role.round + 1},
             )
             self._screening_sampler.before_trial(study, trial)
+            self._refresh_dashboard(study)
             return
         parent = ranked[role.rank - 1]
         self._set_attrs(
@@ -349,6 +370,7 @@ class ConvexitySampler(BaseSampler):
             f"Trial {trial.number} is promoted rank {role.rank} of round {role.round}: it reruns "
             f"screening trial {parent.final.number} (mu={parent.mu:.6g}) at the full budget."
         )
+        self._refresh_dashboard(study)
 
     @staticmethod
     def _frozen_rankings(study: Study) -> dict[int, list[int]]:
@@ -378,6 +400,8 @@ class ConvexitySampler(BaseSampler):
             retries_expected=retries,
             retry_grace=_RETRY_GRACE,
             now=datetime.datetime.now(),
+            criterion=self.criterion,
+            maximize=study.direction == StudyDirection.MAXIMIZE,
         )
 
     def _wait_for_screening(self, study: Study, trial: FrozenTrial, role: Role) -> Resolution:
@@ -515,6 +539,8 @@ class ConvexitySampler(BaseSampler):
     ) -> None:
         with self._lock:
             self._open_trials.pop(trial._trial_id, None)
+        if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED:
+            self._refresh_dashboard(study, (trial, state, values))
         if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_SCREENING:
             return
         self._screening_sampler.after_trial(study, trial, state, values)
@@ -535,6 +561,14 @@ class ConvexitySampler(BaseSampler):
                 "fidelity, so its value counts as a finished trial. With ConvexityPruner, call "
                 "trial.should_prune() after trial.report() in your training loop."
             )
+
+    @staticmethod
+    def _refresh_dashboard(study: Study, finishing: Finishing | None = None) -> None:
+        """Update optuna-dashboard's note and figures; never let it disturb the search."""
+        try:
+            _dashboard.refresh(study, finishing)
+        except Exception:  # the search matters more than its display
+            _logger.warning("Could not update the dashboard note and figures.", exc_info=True)
 
     def _set_attrs(self, study: Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():

@@ -104,6 +104,9 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
     """
     trials = study.get_trials(deepcopy=False)
     n_screening, n_promoted = _configuration(study, trials)
+    sampler = study.sampler
+    criterion = sampler.criterion if isinstance(sampler, ConvexitySampler) else "mu"
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     resolution = resolve(
         trials,
         n_screening,
@@ -112,6 +115,8 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
         retries_expected=False,
         retry_grace=datetime.timedelta(0),
         now=datetime.datetime.now(),
+        criterion=criterion,
+        maximize=maximize,
     )
     promotions: dict[int, dict[int, Promotion]] = {}
     for trial in trials:
@@ -142,7 +147,11 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
         if candidates is None:
             candidates = candidates_of_round(trials, resolution.roles, round_number)
         closed = round_number in resolution.rankings
-        ranked = resolution.rankings[round_number] if closed else ranking(candidates)
+        ranked = (
+            resolution.rankings[round_number]
+            if closed
+            else ranking(candidates, criterion, maximize)
+        )
         ranks = {c.root: rank for rank, c in enumerate(ranked, start=1)}
         screened = [
             ScreenedCandidate(

@@ -27,6 +27,7 @@ from optuna_convexity.hessian._estimators import PaperEstimator
 from optuna_convexity.hessian._strong_convexity import strong_convexity
 from optuna_convexity.hessian._strong_convexity import StrongConvexity
 
+
 __all__ = [
     "ESTIMATOR_NAMES",
     "BaseHessianNormEstimator",

@@ -31,6 +31,7 @@ from optuna_convexity.hessian._losses import describe_loss
 from optuna_convexity.hessian._losses import LossSpec
 from optuna_convexity.hessian._losses import SUPPORTED_LOSSES
 
+
 LossFunction = Callable[[Any, torch.Tensor], torch.Tensor]
 
 

@@ -32,6 +32,7 @@ import warnings
 import torch
 from torch import nn
 
+
 _logger = logging.getLogger(__name__)
 
 Vectors = tuple[torch.Tensor, ...]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+
 _Kind = Literal["softmax", "sigmoid", "squared"]
 _Link = Literal["identity", "log_softmax", "sigmoid"]
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+
 DEVICES = [
     pytest.param("cpu", id="cpu"),
     pytest.param(

@@ -24,6 +24,7 @@ from tests.hessian.conftest import Residual
 from tests.hessian.conftest import SigmoidMLP
 from tests.hessian.conftest import SmallCNN
 
+
 RELATIVE_TOLERANCE = 1e-6
 
 

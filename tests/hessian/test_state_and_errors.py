@@ -20,6 +20,7 @@ from optuna_convexity.hessian import strong_convexity
 from tests.hessian.conftest import DEVICES
 from tests.hessian.conftest import mlp
 
+
 ESTIMATORS = [
     pytest.param(lambda: "last_layer", id="last_layer"),
     pytest.param(lambda: "paper", id="paper"),

@@ -21,6 +21,7 @@ from optuna_convexity import _attrs
 from optuna_convexity.hessian import strong_convexity
 from tests.search.helpers import check_round
 
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -22,6 +22,7 @@ from tests.search.helpers import objective
 from tests.search.helpers import phases
 from tests.search.helpers import synthetic_mu
 
+
 FAST = {"poll_interval": (0.02, 0.1)}
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,6 +16,7 @@ from tests.search.helpers import check_round
 from tests.search.helpers import objective
 from tests.search.helpers import synthetic_mu
 
+
 FAST = {"poll_interval": (0.02, 0.1)}
 
 
@@ -299,3 +300,39 @@ def test_heartbeat_retry_keeps_the_promotion(tmp_path: object) -> None:
     assert retried.user_attrs[_attrs.PARENT] == parent
     assert retried.params == study.trials[parent].params
     check_round(study, 0, 2, 1)
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_criterion_mu_in_better_half_prefers_trained_candidates(direction: str) -> None:
+    """Flat but barely trained candidates (bad one-epoch values) rank after trained ones."""
+    sign = 1.0 if direction == "minimize" else -1.0
+
+    def flat_when_untrained(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if optuna_convexity.is_screening(trial):
+            optuna_convexity.record_mu(trial, 0.1 + x)  # small x: flat ...
+            trial.report(sign * (1.0 - x), 0)  # ... and a bad one-epoch value
+            raise optuna.TrialPruned()
+        return sign * (1.0 - x)
+
+    results = {}
+    for criterion in ("mu", "mu_in_better_half"):
+        sampler = optuna_convexity.ConvexitySampler(
+            8,
+            2,
+            seed=5,
+            criterion=criterion,
+            **FAST,  # type: ignore[arg-type]
+        )
+        study = optuna.create_study(direction=direction, sampler=sampler)
+        study.optimize(flat_when_untrained, n_trials=10)
+        parents = [study.trials[t.user_attrs[_attrs.PARENT]] for t in study.trials[8:]]
+        results[criterion] = [p.params["x"] for p in parents]
+    xs = sorted(t.params["x"] for t in study.trials[:8])
+    assert results["mu"] == xs[:2]  # the paper's rule: the two least trained
+    assert results["mu_in_better_half"] == xs[4:6]  # the flattest of the better half
+
+
+def test_unknown_criterion() -> None:
+    with pytest.raises(ValueError, match="Unknown criterion 'loss'"):
+        optuna_convexity.ConvexitySampler(criterion="loss")  # type: ignore[arg-type]
