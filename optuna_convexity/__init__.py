@@ -5,7 +5,9 @@
 - :class:`ConvexityPruner` ends screening trials at the screening fidelity.
 - :func:`report_convexity` is the line to add to an objective; :func:`record_mu` records a
   score computed elsewhere; :func:`is_screening` and :func:`is_promoted` tell the phases apart.
-- :func:`summarize` and :func:`leaderboard` report the rounds of a search.
+- :func:`summarize` and :func:`leaderboard` report the rounds of a search;
+  :func:`fail_running_trials` recovers a search on a storage without heartbeat after its
+  workers were stopped.
 - :mod:`optuna_convexity.hessian` is the pure-PyTorch scoring module.
 
 Trial attributes written by the search (``user_attrs``, shown by optuna-dashboard):
@@ -28,6 +30,7 @@ Trial attributes written by the search (``user_attrs``, shown by optuna-dashboar
 
 from optuna_convexity import hessian
 from optuna_convexity._pruner import ConvexityPruner
+from optuna_convexity._recovery import fail_running_trials
 from optuna_convexity._report import is_promoted
 from optuna_convexity._report import is_screening
 from optuna_convexity._report import record_mu
@@ -50,6 +53,7 @@ __all__ = [
     "ScreenedCandidate",
     "ScreeningWaitError",
     "__version__",
+    "fail_running_trials",
     "hessian",
     "is_promoted",
     "is_screening",

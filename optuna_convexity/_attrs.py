@@ -7,7 +7,8 @@ tests of users' own tooling may rely on them.
 from __future__ import annotations
 
 
-#: ``"screening"`` or ``"promoted"``.
+#: ``"screening"``, ``"promoted"``, or ``"withdrawn"`` (a trial that gave its promotion back
+#: before running anything, see ``EXCLUDED`` for why; it ends PRUNED at its first suggestion).
 PHASE = "convexity:phase"
 #: The round (0, 1, ...) the trial belongs to; a round is ``n_screening`` screening trials
 #: followed by ``n_promoted`` promoted ones.
@@ -30,8 +31,9 @@ N_NONFINITE_BATCHES = "convexity:n_nonfinite_batches"
 PARENT = "convexity:parent"
 #: Promoted trials: the rank of the parent among the round's candidates, 1 = flattest.
 RANK = "convexity:rank"
-#: Screening trials that cannot be promoted: why, in words.
+#: Screening trials that cannot be promoted, and withdrawn trials: why, in words.
 EXCLUDED = "convexity:excluded"
 
 PHASE_SCREENING = "screening"
 PHASE_PROMOTED = "promoted"
+PHASE_WITHDRAWN = "withdrawn"

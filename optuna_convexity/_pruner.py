@@ -23,7 +23,8 @@ class ConvexityPruner(BasePruner):
       :func:`~optuna_convexity.report_convexity` scored it, so it ends at the one-epoch
       fidelity with its last reported value (the dashboard shows that value next to ``mu``);
     - a **promoted** trial is never pruned, unless ``pruner`` is given: then that pruner decides,
-      seeing only the promoted trials of the study (not the one-epoch screening trials).
+      seeing only the promoted trials of the study (not the one-epoch screening trials);
+    - a withdrawn trial (one that gave its promotion back) is pruned at once.
 
     Args:
         pruner:
@@ -59,6 +60,8 @@ class ConvexityPruner(BasePruner):
         phase = trial.user_attrs.get(_attrs.PHASE)
         if phase == _attrs.PHASE_SCREENING:
             return trial.user_attrs.get(_attrs.SCORED_BY) == trial.number
+        if phase == _attrs.PHASE_WITHDRAWN:
+            return True
         if self._pruner is None:
             return False
         if phase == _attrs.PHASE_PROMOTED:

@@ -97,6 +97,8 @@ def report_convexity(
                 if trial.should_prune():
                     raise optuna.TrialPruned()
     """
+    if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_WITHDRAWN:
+        raise optuna.TrialPruned(f"withdrawn: {trial.user_attrs.get(_attrs.EXCLUDED, '')}")
     if not is_screening(trial):
         return None
     if trial.user_attrs.get(_attrs.SCORED_BY) == trial.number:

@@ -58,11 +58,27 @@ class Role:
     root: int
 
 
+def is_queued_promotion(trial: FrozenTrial) -> bool:
+    """A promotion enqueued by the asynchronous search (it carries its role from creation)."""
+    return (
+        FIXED_PARAMS in trial.system_attrs
+        and RETRY_OF not in trial.system_attrs
+        and trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED
+    )
+
+
 def assign_roles(
-    trials: Sequence[FrozenTrial], n_screening: int, n_promoted: int
+    trials: Sequence[FrozenTrial],
+    n_screening: int,
+    n_promoted: int,
+    asynchronous: bool = False,
 ) -> dict[int, Role]:
-    """Roles of all trials, keyed by trial number."""
-    period = n_screening + n_promoted
+    """Roles of all trials, keyed by trial number.
+
+    In the asynchronous search every fresh trial screens (rounds are groups of
+    ``n_screening`` fresh trials), and promotions are trials enqueued with their role.
+    """
+    period = n_screening if asynchronous else n_screening + n_promoted
     roles: dict[int, Role] = {}
     fresh_count = 0
     last_fresh: Role | None = None
@@ -72,6 +88,15 @@ def assign_roles(
             original = roles.get(origin)
             if original is not None:
                 roles[trial.number] = original
+            continue
+        if is_queued_promotion(trial):
+            roles[trial.number] = Role(
+                "promoted",
+                int(trial.user_attrs[_attrs.ROUND]),
+                None,
+                int(trial.user_attrs[_attrs.RANK]),
+                trial.number,
+            )
             continue
         if FIXED_PARAMS in trial.system_attrs:
             if last_fresh is None:

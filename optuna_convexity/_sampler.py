@@ -27,11 +27,16 @@ from optuna_convexity import _dashboard
 from optuna_convexity._dashboard import Finishing
 from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import Candidate
+from optuna_convexity._roles import candidates_of_round
 from optuna_convexity._roles import CRITERIA
 from optuna_convexity._roles import Criterion
+from optuna_convexity._roles import FIXED_PARAMS
 from optuna_convexity._roles import foreign_trials
+from optuna_convexity._roles import is_queued_promotion
+from optuna_convexity._roles import ranking
 from optuna_convexity._roles import Resolution
 from optuna_convexity._roles import resolve
+from optuna_convexity._roles import RETRY_OF
 from optuna_convexity._roles import Role
 from optuna_convexity.hessian import BaseHessianNormEstimator
 from optuna_convexity.hessian import get_estimator
@@ -45,6 +50,8 @@ _RETRY_GRACE = datetime.timedelta(seconds=60)
 _LOG_EVERY_SECONDS = 30.0
 #: Study system attribute holding a round's frozen ranking: ``convexity:ranking:<round>``.
 _RANKING_KEY = "convexity:ranking:"
+#: Study system attribute holding the settings every worker of the study must share.
+CONFIG_KEY = "convexity:config"
 
 
 class ScreeningWaitError(RuntimeError):
@@ -139,6 +146,27 @@ class ConvexitySampler(BaseSampler):
         stale_warning:
             Seconds after which a running screening trial is reported as possibly stuck to the
             waiting workers (at least five times the median screening time of the round).
+        asynchronous:
+            Promote without a barrier (experimental). Every fresh trial screens; when a
+            screening trial finishes, every scored candidate that ranks within the best
+            ``n_promoted / n_screening`` fraction of all scored candidates (once at least
+            ``min_screening`` are scored) and is not promoted yet is queued for promotion, and
+            workers run queued promotions before new screening trials. No worker ever waits,
+            which pays off with many workers; the price is that early promotions are decided
+            on fewer candidates, so a few candidates that would not make the final top
+            ``n_promoted`` are promoted too (the promoted fraction is about
+            ``n_promoted / n_screening`` plus the early ones). Each candidate is still
+            promoted at most once: if two workers queue the same promotion, the copy with the
+            higher trial number is withdrawn before it runs anything.
+        min_screening:
+            With ``asynchronous=True``: scored candidates needed before the first promotion;
+            ``max(n_screening // 5, ceil(n_screening / n_promoted))`` by default.
+        promotion_retries:
+            How many times a promoted trial that fails (an exception, or Ctrl-C) is queued
+            again with the same rank and parameters, so that stopping the workers and starting
+            them again finishes the interrupted promotions. ``0`` leaves failed promotions
+            failed. (Trials killed without a chance to fail are Optuna's heartbeat's job: see
+            ``RDBStorage(heartbeat_interval=..., heartbeat_stale_trial_callback=...)``.)
     """
 
     def __init__(
@@ -153,6 +181,9 @@ class ConvexitySampler(BaseSampler):
         poll_interval: tuple[float, float] = (0.25, 5.0),
         wait_timeout: float | None = None,
         stale_warning: float = 600.0,
+        asynchronous: bool = False,
+        min_screening: int | None = None,
+        promotion_retries: int = 1,
     ) -> None:
         for name, value in (("n_screening", n_screening), ("n_promoted", n_promoted)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -191,10 +222,26 @@ class ConvexitySampler(BaseSampler):
             raise ValueError(f"wait_timeout must be positive or None, got {wait_timeout!r}.")
         if not stale_warning > 0:
             raise ValueError(f"stale_warning must be positive, got {stale_warning!r}.")
+        if min_screening is not None and not asynchronous:
+            raise ValueError(
+                "min_screening only applies to the asynchronous search; pass asynchronous=True "
+                "or drop min_screening."
+            )
+        if min_screening is None:
+            min_screening = max(n_screening // 5, math.ceil(n_screening / n_promoted))
+        if not isinstance(min_screening, int) or min_screening < 1:
+            raise ValueError(f"min_screening must be a positive integer, got {min_screening!r}.")
+        if not isinstance(promotion_retries, int) or promotion_retries < 0:
+            raise ValueError(
+                f"promotion_retries must be a non-negative integer, got {promotion_retries!r}."
+            )
         self.n_screening = n_screening
         self.n_promoted = n_promoted
         self.estimator = get_estimator(estimator)
         self.criterion: Criterion = criterion
+        self.asynchronous = bool(asynchronous)
+        self.min_screening = min_screening
+        self.promotion_retries = promotion_retries
         self._screening_sampler = screening_sampler or RandomSampler(seed=seed)
         self._poll_interval = (float(poll_interval[0]), float(poll_interval[1]))
         self._wait_timeout = wait_timeout
@@ -202,6 +249,9 @@ class ConvexitySampler(BaseSampler):
         self._lock = threading.Lock()
         self._open_trials: dict[int, int] = {}  # trial id -> thread that started it
         self._parents: dict[tuple[int, int], FrozenTrial] = {}
+        self._warned_sqlite = False
+        self._adopted: set[int] = set()  # trial ids given one heartbeat, see _adopt_orphans
+        self._checked_config: set[tuple[int, int]] = set()  # (id(storage), study id)
 
     @property
     def screening_sampler(self) -> BaseSampler:
@@ -212,6 +262,7 @@ class ConvexitySampler(BaseSampler):
         state = self.__dict__.copy()
         del state["_lock"]
         state["_open_trials"] = {}
+        state["_checked_config"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -226,14 +277,14 @@ class ConvexitySampler(BaseSampler):
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED:
+        if trial.user_attrs.get(_attrs.PHASE) in (_attrs.PHASE_PROMOTED, _attrs.PHASE_WITHDRAWN):
             return {}
         return self._screening_sampler.infer_relative_search_space(study, trial)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED:
+        if trial.user_attrs.get(_attrs.PHASE) in (_attrs.PHASE_PROMOTED, _attrs.PHASE_WITHDRAWN):
             return {}
         return self._screening_sampler.sample_relative(study, trial, search_space)
 
@@ -244,7 +295,12 @@ class ConvexitySampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_PROMOTED:
+        phase = trial.user_attrs.get(_attrs.PHASE)
+        if phase == _attrs.PHASE_WITHDRAWN:
+            raise optuna.TrialPruned(
+                f"withdrawn before running: {trial.user_attrs.get(_attrs.EXCLUDED, '')}"
+            )
+        if phase != _attrs.PHASE_PROMOTED:
             return self._screening_sampler.sample_independent(
                 study, trial, param_name, param_distribution
             )
@@ -286,10 +342,16 @@ class ConvexitySampler(BaseSampler):
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         with self._lock:
             self._open_trials[trial._trial_id] = threading.get_ident()
+        # Optuna's heartbeat thread starts only after this hook returns, and a trial without a
+        # heartbeat is never found stale: if its worker dies before then (a promotion can wait
+        # here a long time), the trial would stay RUNNING forever. Beat now, and while waiting.
+        _record_heartbeat(study, trial)
         try:
             trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
             self._check_study(study, trials)
-            roles = assign_roles(trials, self.n_screening, self.n_promoted)
+            self._warn_if_sqlite_queue(study, trial, trials)
+            self._adopt_orphans(study, trials)
+            roles = assign_roles(trials, self.n_screening, self.n_promoted, self.asynchronous)
             role = roles.get(trial.number)
             if role is None:
                 raise RuntimeError(
@@ -305,11 +367,44 @@ class ConvexitySampler(BaseSampler):
                     attrs[_attrs.SLOT] = role.slot
                 self._set_attrs(study, trial, attrs)
                 self._screening_sampler.before_trial(study, trial)
+            elif self.asynchronous:
+                self._start_queued_promotion(study, trial, trials)
             else:
                 self._start_promoted(study, trial, role)
+            _record_heartbeat(study, trial)  # Optuna's heartbeat thread takes over from here
         except BaseException as error:
             self._abandon(study, trial, error)
             raise
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings that decide roles and rankings; every worker of a study must share
+        them (they are stored in the study, and a worker with others is refused)."""
+        return {
+            "n_screening": self.n_screening,
+            "n_promoted": self.n_promoted,
+            "criterion": self.criterion,
+            "asynchronous": self.asynchronous,
+        }
+
+    def _check_config(self, study: Study) -> None:
+        key = (id(study._storage), study._study_id)
+        if key in self._checked_config:
+            return
+        stored = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY)
+        if stored is None:
+            study._storage.set_study_system_attr(study._study_id, CONFIG_KEY, self.config)
+        elif stored != self.config:
+            different = {
+                k: (stored.get(k), v) for k, v in self.config.items() if stored.get(k) != v
+            }
+            raise ValueError(
+                f"Study {study.study_name!r} runs a convexity search with {stored}, but this "
+                f"worker's ConvexitySampler differs in {different} (stored, this worker). Every "
+                "worker of a study must use the same n_screening, n_promoted, criterion and "
+                "asynchronous, or they would disagree about which trial does what."
+            )
+        self._checked_config.add(key)
 
     def _check_study(self, study: Study, trials: Sequence[FrozenTrial]) -> None:
         if study._is_multi_objective():
@@ -318,6 +413,7 @@ class ConvexitySampler(BaseSampler):
                 "flattest candidates and the best promoted trial is the best on one objective. "
                 "Create the study with a single direction."
             )
+        self._check_config(study)
         foreign = foreign_trials(trials)
         if foreign:
             shown = ", ".join(map(str, foreign[:10])) + (" ..." if len(foreign) > 10 else "")
@@ -334,6 +430,15 @@ class ConvexitySampler(BaseSampler):
             return
         assert role.rank is not None
         resolution = self._wait_for_screening(study, trial, role)
+        if role.round not in resolution.rankings:  # screening retries are queued
+            self._withdraw(
+                study,
+                trial,
+                "gave its promotion slot back so that its worker runs the queued screening "
+                f"retries of round {resolution.open_round}; a copy keeps rank {role.rank}",
+                requeue=True,
+            )
+            return
         ranked = resolution.rankings[role.round]
         self._freeze(study, resolution)
         if role.rank > len(ranked):
@@ -408,10 +513,14 @@ class ConvexitySampler(BaseSampler):
         """Poll the storage, with growing intervals, until the rounds up to the trial's are
         closed."""
         storage = study._storage
-        heartbeat = _heartbeat_interval(storage) is not None
+        heartbeat_interval = _heartbeat_interval(storage)
+        heartbeat = heartbeat_interval is not None
         retries_expected = heartbeat and _retry_callback(storage) is not None
         started = time.monotonic()
         interval, largest = self._poll_interval
+        if heartbeat_interval is not None:  # beat at least as often as the storage expects
+            largest = min(largest, float(heartbeat_interval))
+            interval = min(interval, largest)
         last_log = -math.inf
         warned: set[int] = set()
         while True:
@@ -422,6 +531,10 @@ class ConvexitySampler(BaseSampler):
             open_round = resolution.open_round
             assert open_round is not None  # rounds close in order; this one is still open
             pending = resolution.pending
+            if any(a.state == TrialState.WAITING for c in pending for a in c.attempts):
+                # A retry of a dead screening trial is queued. If every live worker waited
+                # here, nobody would ever run it: hand the slot back instead (see caller).
+                return resolution
             running = [a for c in pending for a in c.attempts if not a.state.is_finished()]
             self._check_not_self_blocking(trial, role, running)
             waited = time.monotonic() - started
@@ -445,6 +558,8 @@ class ConvexitySampler(BaseSampler):
             time.sleep(interval)
             interval = min(largest, interval * 1.5)
             if heartbeat:
+                _record_heartbeat(study, trial)
+                self._adopt_orphans(study, trials)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
@@ -491,6 +606,156 @@ class ConvexitySampler(BaseSampler):
                     "fails dead trials itself."
                 )
 
+    def _adopt_orphans(self, study: Study, trials: Sequence[FrozenTrial]) -> None:
+        """Give every RUNNING trial that has no phase yet one heartbeat, once.
+
+        A worker killed inside ``study.ask()`` before this sampler's ``before_trial`` ran
+        leaves a RUNNING trial with no heartbeat, which Optuna never finds stale; a screening
+        slot stuck like that would hold its round's promotions forever. One heartbeat makes it
+        an ordinary stale trial after the grace period (Optuna then fails it and its retry
+        callback requeues it). A live trial is unaffected: its own worker keeps beating.
+        """
+        if _heartbeat_interval(study._storage) is None:
+            return
+        with self._lock:
+            ours = set(self._open_trials)
+        for other in trials:
+            if (
+                other.state == TrialState.RUNNING
+                and _attrs.PHASE not in other.user_attrs
+                and other._trial_id not in ours
+                and other._trial_id not in self._adopted
+            ):
+                self._adopted.add(other._trial_id)
+                study._storage.record_heartbeat(other._trial_id)  # type: ignore[attr-defined]
+
+    def _requeue_failed_promotion(self, study: Study, trial: FrozenTrial) -> None:
+        """Queue a copy of a failed promotion (same rank, parent and parameters), a bounded
+        number of times; Optuna's retry callback does the copying and the counting."""
+        history = trial.system_attrs.get("retry_history", [])
+        if len(history) >= self.promotion_retries:
+            _logger.warning(
+                f"Promoted trial {trial.number} (rank {trial.user_attrs.get(_attrs.RANK)}) "
+                f"failed after {len(history)} retries; its promotion is given up."
+            )
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.promotion_retries)(
+                study, copy.deepcopy(trial)
+            )
+        _logger.warning(
+            f"Promoted trial {trial.number} (rank {trial.user_attrs.get(_attrs.RANK)}) failed; "
+            "a copy with the same parameters is queued."
+        )
+
+    def _withdraw(self, study: Study, trial: FrozenTrial, reason: str, requeue: bool) -> None:
+        """End the trial before it runs anything: it is pruned at its first suggestion (or
+        its first ``should_prune()``), and, with ``requeue``, a copy keeps its role."""
+        if requeue:
+            frozen = study._storage.get_trial(trial._trial_id)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.RetryHeartbeatStaleTrialCallback()(study, copy.deepcopy(frozen))
+        self._set_attrs(
+            study, trial, {_attrs.PHASE: _attrs.PHASE_WITHDRAWN, _attrs.EXCLUDED: reason}
+        )
+        _logger.info(f"Trial {trial.number} is withdrawn: it {reason}.")
+
+    def _start_queued_promotion(
+        self, study: Study, trial: FrozenTrial, trials: Sequence[FrozenTrial]
+    ) -> None:
+        """Asynchronous search: run the queued promotion, unless another trial queued the same
+        one first (then withdraw this copy)."""
+        parent = trial.user_attrs.get(_attrs.PARENT)
+        copies = [
+            t.number
+            for t in trials
+            if is_queued_promotion(t) and t.user_attrs.get(_attrs.PARENT) == parent
+        ]
+        if copies and min(copies) != trial.number and RETRY_OF not in trial.system_attrs:
+            self._withdraw(
+                study,
+                trial,
+                f"duplicates the promotion of trial {parent} queued as trial {min(copies)}",
+                requeue=False,
+            )
+            return
+        _logger.info(
+            f"Trial {trial.number} is promoted (asynchronous): it reruns screening trial "
+            f"{parent} at the full budget."
+        )
+        self._refresh_dashboard(study)
+
+    def _promote_asynchronously(self, study: Study, trial: FrozenTrial, state: TrialState) -> None:
+        """Queue every scored candidate that now ranks in the best fraction and is not queued."""
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        roles = assign_roles(trials, self.n_screening, self.n_promoted, asynchronous=True)
+        candidates: list[Candidate] = []
+        for round_number in sorted({r.round for r in roles.values() if r.phase == "screening"}):
+            candidates += candidates_of_round(trials, roles, round_number)
+        this = next(
+            (c for c in candidates if trial.number in (a.number for a in c.attempts)), None
+        )
+        if this is not None:  # the storage does not know this trial's final state yet
+            this.attempts[-1] = copy.copy(this.final)
+            this.attempts[-1].state = state
+        ranked = ranking(
+            [c for c in candidates if c.exclusion is None],
+            self.criterion,
+            study.direction == StudyDirection.MAXIMIZE,
+        )
+        if len(ranked) < self.min_screening:
+            return
+        quota = max(1, (len(ranked) * self.n_promoted) // self.n_screening)
+        queued = {
+            t.user_attrs.get(_attrs.PARENT)
+            for t in trials
+            if t.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED
+        }
+        for rank, candidate in enumerate(ranked[:quota], start=1):
+            parent = candidate.final
+            if parent.number in queued:
+                continue
+            study.enqueue_trial(
+                {},  # no fixed parameters: the sampler hands out the parent's
+                user_attrs={
+                    _attrs.PHASE: _attrs.PHASE_PROMOTED,
+                    _attrs.ROUND: roles[candidate.root].round,
+                    _attrs.RANK: rank,
+                    _attrs.PARENT: parent.number,
+                    _attrs.MU: candidate.mu,
+                    _attrs.ESTIMATOR: parent.user_attrs.get(_attrs.ESTIMATOR),
+                },
+            )
+            _logger.info(
+                f"Screening trial {parent.number} (mu={candidate.mu:.6g}) ranks {rank} of "
+                f"{len(ranked)} scored candidates: its promotion is queued."
+            )
+
+    def _warn_if_sqlite_queue(
+        self, study: Study, trial: FrozenTrial, trials: Sequence[FrozenTrial]
+    ) -> None:
+        """SQLite cannot pop queued trials atomically across processes: say so, once."""
+        if self._warned_sqlite or not (
+            RETRY_OF in trial.system_attrs or FIXED_PARAMS in trial.system_attrs
+        ):
+            return
+        url = str(getattr(getattr(study._storage, "_backend", study._storage), "url", ""))
+        if not url.startswith("sqlite"):
+            return
+        with self._lock:
+            ours = set(self._open_trials)
+        if any(t.state == TrialState.RUNNING and t._trial_id not in ours for t in trials):
+            self._warned_sqlite = True
+            _logger.warning(
+                "This study runs from several processes on SQLite, and trial "
+                f"{trial.number} was popped from Optuna's queue of waiting trials. SQLite "
+                "cannot lock rows, so two processes may pop the same queued trial and run it "
+                "twice (optuna/optuna#4002). Use PostgreSQL or MySQL (RDBStorage) or "
+                "JournalStorage for several worker processes."
+            )
+
     def _abandon(self, study: Study, trial: FrozenTrial, error: BaseException) -> None:
         """The trial cannot start: fail it, and queue a copy if it holds a promotion.
 
@@ -512,6 +777,7 @@ class ConvexitySampler(BaseSampler):
             storage.get_all_trials(study._study_id, deepcopy=False),
             self.n_screening,
             self.n_promoted,
+            self.asynchronous,
         )
         role = roles.get(trial.number)
         if role is None or role.phase != "promoted":
@@ -540,6 +806,8 @@ class ConvexitySampler(BaseSampler):
         with self._lock:
             self._open_trials.pop(trial._trial_id, None)
         if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED:
+            if state == TrialState.FAIL and self.promotion_retries:
+                self._requeue_failed_promotion(study, trial)
             self._refresh_dashboard(study, (trial, state, values))
         if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_SCREENING:
             return
@@ -548,6 +816,8 @@ class ConvexitySampler(BaseSampler):
         reason = _exclusion_reason(trial, state, scored)
         if reason is not None:
             study._storage.set_trial_user_attr(trial._trial_id, _attrs.EXCLUDED, reason)
+        elif self.asynchronous:
+            self._promote_asynchronously(study, trial, state)
         if state == TrialState.COMPLETE and not scored:
             raise RuntimeError(
                 f"Screening trial {trial.number} completed without a convexity score. Call "
@@ -558,8 +828,10 @@ class ConvexitySampler(BaseSampler):
         if state == TrialState.COMPLETE:
             _logger.warning(
                 f"Screening trial {trial.number} completed instead of ending at the screening "
-                "fidelity, so its value counts as a finished trial. With ConvexityPruner, call "
-                "trial.should_prune() after trial.report() in your training loop."
+                "fidelity, so its value counts as a finished trial. Screening trials should end "
+                "PRUNED: with ConvexityPruner, call trial.should_prune() after trial.report() "
+                "in the training loop; without it, report_convexity() ends them itself; with "
+                "Lightning, call ConvexityCallback.check_pruned() after trainer.fit()."
             )
 
     @staticmethod
@@ -571,7 +843,9 @@ class ConvexitySampler(BaseSampler):
             _logger.warning("Could not update the dashboard note and figures.", exc_info=True)
 
     def _set_attrs(self, study: Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
-        for key, value in attrs.items():
+        # Each attribute is its own write, and readers in other processes key on the phase:
+        # write it last, so that a trial with a phase always has the rest.
+        for key, value in sorted(attrs.items(), key=lambda item: item[0] == _attrs.PHASE):
             study._storage.set_trial_user_attr(trial._trial_id, key, value)
             # The Trial object caches this FrozenTrial; keep trial.user_attrs in step.
             trial.user_attrs[key] = value
@@ -582,6 +856,12 @@ def _heartbeat_interval(storage: Any) -> int | None:
     ``RDBStorage(heartbeat_interval=...)``, directly or behind its cache)."""
     getter = getattr(storage, "get_heartbeat_interval", None)
     return getter() if callable(getter) else None
+
+
+def _record_heartbeat(study: Study, trial: FrozenTrial) -> None:
+    """Record a heartbeat for the trial through Optuna's storage API, if it has heartbeats."""
+    if _heartbeat_interval(study._storage) is not None:
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
 
 
 def _retry_callback(storage: Any) -> Any:

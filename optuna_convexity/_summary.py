@@ -13,9 +13,13 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
+from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import candidates_of_round
+from optuna_convexity._roles import is_queued_promotion
 from optuna_convexity._roles import ranking
+from optuna_convexity._roles import Resolution
 from optuna_convexity._roles import resolve
+from optuna_convexity._sampler import CONFIG_KEY
 from optuna_convexity._sampler import ConvexitySampler
 
 
@@ -68,7 +72,10 @@ def _configuration(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[
     sampler = study.sampler
     if isinstance(sampler, ConvexitySampler):
         return sampler.n_screening, sampler.n_promoted
-    # A study loaded without its sampler (a notebook, the dashboard): read the attributes.
+    stored = _stored_config(study)
+    if stored is not None:
+        return int(stored["n_screening"]), int(stored["n_promoted"])
+    # A study from before the settings were stored: infer them from the trials' attributes.
     slots = [t.user_attrs.get(_attrs.SLOT) for t in trials]
     ranks = [t.user_attrs.get(_attrs.RANK) for t in trials]
     n_screening = max((s for s in slots if isinstance(s, int)), default=-1) + 1
@@ -78,6 +85,11 @@ def _configuration(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[
             f"Study {study.study_name!r} has no trials of a ConvexitySampler search yet."
         )
     return n_screening, n_promoted
+
+
+def _stored_config(study: optuna.Study) -> dict[str, Any] | None:
+    config = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY)
+    return dict(config) if isinstance(config, dict) else None
 
 
 def _last_value(trial: FrozenTrial) -> float | None:
@@ -105,19 +117,37 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
     trials = study.get_trials(deepcopy=False)
     n_screening, n_promoted = _configuration(study, trials)
     sampler = study.sampler
-    criterion = sampler.criterion if isinstance(sampler, ConvexitySampler) else "mu"
+    stored = _stored_config(study) or {}
+    if isinstance(sampler, ConvexitySampler):
+        criterion, asynchronous = sampler.criterion, sampler.asynchronous
+    else:
+        criterion = stored.get("criterion", "mu")
+        asynchronous = bool(
+            stored.get("asynchronous", any(is_queued_promotion(t) for t in trials))
+        )
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    resolution = resolve(
-        trials,
-        n_screening,
-        n_promoted,
-        frozen=ConvexitySampler._frozen_rankings(study),
-        retries_expected=False,
-        retry_grace=datetime.timedelta(0),
-        now=datetime.datetime.now(),
-        criterion=criterion,
-        maximize=maximize,
-    )
+    if asynchronous:  # no barrier: every round is ranked as it stands
+        roles = assign_roles(trials, n_screening, n_promoted, asynchronous=True)
+        rounds_seen = {r.round for r in roles.values() if r.phase == "screening"}
+        resolution = Resolution(
+            roles,
+            {r: candidates_of_round(trials, roles, r) for r in rounds_seen},
+            {},
+            None,
+            [],
+        )
+    else:
+        resolution = resolve(
+            trials,
+            n_screening,
+            n_promoted,
+            frozen=ConvexitySampler._frozen_rankings(study),
+            retries_expected=False,
+            retry_grace=datetime.timedelta(0),
+            now=datetime.datetime.now(),
+            criterion=criterion,
+            maximize=maximize,
+        )
     promotions: dict[int, dict[int, Promotion]] = {}
     for trial in trials:
         if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_PROMOTED:
@@ -146,10 +176,14 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
         candidates = resolution.candidates.get(round_number)
         if candidates is None:
             candidates = candidates_of_round(trials, resolution.roles, round_number)
-        closed = round_number in resolution.rankings
+        closed = round_number in resolution.rankings or (
+            asynchronous
+            and len(candidates) >= n_screening
+            and not any(c.running for c in candidates)
+        )
         ranked = (
             resolution.rankings[round_number]
-            if closed
+            if round_number in resolution.rankings
             else ranking(candidates, criterion, maximize)
         )
         ranks = {c.root: rank for rank, c in enumerate(ranked, start=1)}
@@ -172,7 +206,11 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
                 screening_done=closed,
                 candidates=screened,
                 promotions=[by_rank[rank] for rank in sorted(by_rank)],
-                unfilled_ranks=list(range(len(ranked) + 1, n_promoted + 1)) if closed else [],
+                unfilled_ranks=(
+                    list(range(len(ranked) + 1, n_promoted + 1))
+                    if round_number in resolution.rankings
+                    else []
+                ),
             )
         )
     return summaries

@@ -336,3 +336,28 @@ def test_criterion_mu_in_better_half_prefers_trained_candidates(direction: str) 
 def test_unknown_criterion() -> None:
     with pytest.raises(ValueError, match="Unknown criterion 'loss'"):
         optuna_convexity.ConvexitySampler(criterion="loss")  # type: ignore[arg-type]
+
+
+def test_workers_with_other_settings_are_refused() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    first = optuna.create_study(
+        study_name="shared",
+        storage=storage,
+        sampler=optuna_convexity.ConvexitySampler(4, 2),
+        pruner=optuna_convexity.ConvexityPruner(),
+    )
+    first.optimize(objective, n_trials=1)
+    other = optuna.load_study(
+        study_name="shared", storage=storage, sampler=optuna_convexity.ConvexitySampler(5, 2)
+    )
+    with pytest.raises(ValueError, match="differs in \\{'n_screening': \\(4, 5\\)\\}"):
+        other.optimize(objective, n_trials=1)
+    assert other.trials[-1].state == TrialState.FAIL
+    # The stored settings let a study loaded without its sampler be summarised: the refused
+    # worker's trial took slot 1 and failed.
+    plain = optuna.load_study(study_name="shared", storage=storage)
+    candidates = optuna_convexity.summarize(plain)[0].candidates
+    assert [(c.number, c.excluded) for c in candidates] == [
+        (0, None),
+        (1, "failed (its worker stopped without reporting)"),
+    ]

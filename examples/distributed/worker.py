@@ -1,0 +1,82 @@
+"""One worker of a distributed convexity search: run as many of these as you like.
+
+Every worker runs this same script against one shared storage; the storage decides what each
+trial does (screening or promotion), so workers need no other coordination. Start them on one
+machine or many, at any time; stop and restart them as you please.
+
+    # a PostgreSQL server (recommended for many workers), with Optuna's heartbeat:
+    python examples/distributed/worker.py --storage postgresql+psycopg2://user:pw@host/db
+    # or a Journal file on a shared file system (no server; no heartbeat):
+    python examples/distributed/worker.py --storage journal:search.log
+
+See launcher.py to start several workers on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+import sys
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+
+import optuna_convexity
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from quickstart import load_data
+from quickstart import make_objective
+
+
+def make_storage(spec: str) -> optuna.storages.BaseStorage | str:
+    """``journal:<path>`` for a Journal file, anything else is an SQLAlchemy URL."""
+    if spec.startswith("journal:"):
+        return optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(spec[len("journal:") :])
+        )
+    if spec.startswith("sqlite"):
+        return spec  # one process at a time only: SQLite cannot lock rows
+    # Heartbeat: a worker that dies mid-trial has its trial failed after `grace_period`
+    # seconds, and the retry callback queues a copy (a promotion keeps its rank and parent).
+    return optuna.storages.RDBStorage(
+        spec,
+        heartbeat_interval=30,
+        grace_period=90,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", default="journal:distributed-search.log")
+    parser.add_argument("--study-name", default="distributed")
+    parser.add_argument("--n-screening", type=int, default=50)
+    parser.add_argument("--n-promoted", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds in the whole study")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--asynchronous", action="store_true")
+    args = parser.parse_args()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=args.study_name,
+        storage=make_storage(args.storage),
+        load_if_exists=True,  # every worker runs this line; the first one creates the study
+        direction="maximize",
+        sampler=optuna_convexity.ConvexitySampler(
+            args.n_screening, args.n_promoted, asynchronous=args.asynchronous
+        ),
+        pruner=optuna_convexity.ConvexityPruner(),
+    )
+    # The whole study, not each worker, stops after its budget of trials.
+    budget = args.rounds * (args.n_screening + args.n_promoted)
+    study.optimize(
+        make_objective(load_data(), args.epochs),
+        callbacks=[MaxTrialsCallback(budget, states=None)],
+    )
+
+
+if __name__ == "__main__":
+    main()

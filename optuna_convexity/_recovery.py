@@ -1,0 +1,68 @@
+"""Recovering a search on a storage without heartbeat after its workers were stopped."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+
+from optuna_convexity._roles import assign_roles
+from optuna_convexity._sampler import ConvexitySampler
+
+
+def fail_running_trials(study: optuna.Study) -> list[int]:
+    """Fail the trials that stopped workers left RUNNING, and requeue their promotions.
+
+    On a storage without heartbeat (``JournalStorage``, or ``RDBStorage`` without
+    ``heartbeat_interval``), a worker that is killed, or interrupted at an unlucky moment,
+    leaves its trial RUNNING for good, and a RUNNING screening trial holds its round's
+    promotions. After stopping **every** worker, call this once, then start the workers
+    again: screening trials are failed (their candidates are excluded), and promotions,
+    decided or not, are failed and queued again with the same rank, as Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` would do on a storage with heartbeat.
+
+    Do not call it while workers are running: it cannot tell a live trial from a dead one.
+
+    Args:
+        study: The study, loaded with its :class:`ConvexitySampler`.
+
+    Returns:
+        The numbers of the trials it failed.
+
+    Example:
+
+        .. code-block:: python
+
+            study = optuna.load_study(study_name="search", storage=storage, sampler=sampler)
+            optuna_convexity.fail_running_trials(study)  # every worker is stopped
+    """
+    sampler = study.sampler
+    if not isinstance(sampler, ConvexitySampler):
+        raise ValueError(
+            "fail_running_trials needs the study's ConvexitySampler to tell promotions apart: "
+            "load the study with sampler=ConvexitySampler(n_screening, n_promoted, ...)."
+        )
+    storage = study._storage
+    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    roles = assign_roles(trials, sampler.n_screening, sampler.n_promoted, sampler.asynchronous)
+    failed = []
+    for trial in trials:
+        if trial.state != TrialState.RUNNING:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        failed.append(trial.number)
+        role = roles.get(trial.number)
+        if role is not None and role.phase == "promoted":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.RetryHeartbeatStaleTrialCallback()(
+                    study, copy.deepcopy(storage.get_trial(trial._trial_id))
+                )
+    return failed
