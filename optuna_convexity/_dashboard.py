@@ -1,11 +1,53 @@
-"""Keep optuna-dashboard's view of a convexity search up to date (the ``dashboard`` extra)."""
+"""Keep optuna-dashboard's view of a convexity search up to date (the ``dashboard`` extra).
+
+The sampler calls :func:`refresh` when it decides a promotion and when a promoted trial ends.
+It keeps a section of the study note (the leaderboard of :func:`optuna_convexity.leaderboard`,
+under :data:`NOTE_HEADING`; anything written above that heading is kept) and two figures,
+:func:`~optuna_convexity.visualization.plot_screening` and
+:func:`~optuna_convexity.visualization.plot_mu_vs_value`.
+
+How optuna-dashboard stores them, and why concurrent workers cannot leave them wrong:
+
+- A note is a version number (``dashboard:note_ver``) and the text cut into chunks of 2045
+  characters (``dashboard:note_str:0``, ``...:1``, ...); a figure is its plotly JSON cut the
+  same way (``dashboard:plot_data:<id>:0``, ...). All are study system attributes, written
+  one at a time by ``save_note`` and ``save_plotly_graph_object``; chunks left over from a
+  longer text are blanked, never deleted. No storage writes several attributes atomically, so
+  two workers writing at once can interleave their chunks into text that neither wrote (for a
+  figure, JSON that does not parse).
+- So the content is a pure function of what the storage holds: every worker that builds it
+  from the same trials builds the same characters, and interleaving identical chunks is
+  harmless. No clock, host or worker enters the content.
+- A trial being told right now is not in the storage yet (``after_trial`` runs before Optuna
+  stores the result). Its state and values are first published in a study system attribute
+  (``convexity:dashboard:finishing:<number>``), which every worker reads as the trial's result
+  until the storage has it, so that a concurrent worker does not build an older content.
+- Each refresh reads the trials and the system attributes, builds the content, and compares
+  it with what the dashboard would show (optuna-dashboard's own readers). It writes only what
+  differs, then reads and compares again, at most :data:`_MAX_WRITES` times: it returns once
+  the stored content equals the content built from the storage as it is then, so whichever
+  worker writes last also checks last, and a torn or outdated write is repaired.
+- Threads of one process take turns (a lock); processes rely on the above.
+
+The cost is bounded: a refresh whose content is unchanged reads the storage twice and writes
+nothing; a changed one adds one write per chunk and one more read.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Container
 from collections.abc import Sequence
+import copy
+import dataclasses
 import logging
+import threading
+from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
+from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
@@ -13,6 +55,24 @@ from optuna.trial import TrialState
 _logger = logging.getLogger(__name__)
 
 Finishing = tuple[FrozenTrial, TrialState, Sequence[float] | None]
+
+#: The heading of the study note's section that the search rewrites; text above it is kept.
+NOTE_HEADING = "## Convexity search"
+NOTE_INTRO = (
+    "*Kept up to date by optuna-convexity when promotions are decided and when a promoted "
+    "trial ends; the Screening Plot and the Mu vs Objective Value Plot are on the study's main "
+    "page. Write your own notes above this heading: they are kept.*"
+)
+#: optuna-dashboard ``graph_object_id`` of the figures (saving under an id replaces it).
+SCREENING_FIGURE_ID = "convexity-screening"
+MU_VS_VALUE_FIGURE_ID = "convexity-mu-vs-value"
+#: Study system attribute publishing the result of a trial being told: ``<prefix><number>``.
+FINISHING_KEY = "convexity:dashboard:finishing:"
+#: Rounds of writing before a refresh leaves the rest to the next one.
+_MAX_WRITES = 3
+
+_NOTE_KEY = "note"
+_lock = threading.Lock()
 
 
 def refresh(study: optuna.Study, finishing: Finishing | None = None) -> None:
@@ -22,7 +82,246 @@ def refresh(study: optuna.Study, finishing: Finishing | None = None) -> None:
     ``after_trial`` runs before Optuna stores it), with its final state and values.
     """
     try:
-        import optuna_dashboard  # noqa: F401
+        import optuna_dashboard
     except ImportError:
         _logger.debug("optuna-dashboard is not installed: no dashboard note or figures.")
         return
+    from optuna_convexity.visualization import _plotly_imports
+
+    if not _plotly_imports.is_available():
+        _logger.debug(
+            "plotly is not installed: the dashboard note is kept up to date, but no figures "
+            f"are drawn ({_plotly_imports._import_error})."
+        )
+    readers = _dashboard_readers()
+    with _lock:
+        if finishing is not None:
+            _publish(study, finishing)
+        for attempt in range(_MAX_WRITES + 1):
+            view, system_attrs = _snapshot(study)
+            if readers is not None:
+                stored = readers(system_attrs)
+            else:
+                stored = {_NOTE_KEY: optuna_dashboard.get_note(study)}
+            wanted = _build(view, stored[_NOTE_KEY], figures=_plotly_imports.is_available())
+            stale = {key: item for key, item in wanted.items() if stored.get(key) != item.text}
+            if not stale:
+                return
+            if attempt == _MAX_WRITES:
+                break
+            for key, item in stale.items():
+                if key == _NOTE_KEY:
+                    optuna_dashboard.save_note(study, item.text)
+                else:
+                    optuna_dashboard.save_plotly_graph_object(
+                        study, item.figure, graph_object_id=key
+                    )
+            if readers is None:  # cannot read back what was written: write once
+                return
+    _logger.debug(
+        f"The dashboard of study {study.study_name!r} was still being changed by other workers "
+        f"after {_MAX_WRITES} rewrites; the next refresh continues."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    """Something the dashboard shows: its stored text, and the figure it is drawn from."""
+
+    text: str
+    figure: Any = None
+
+
+def _build(view: optuna.Study, stored_note: str, figures: bool) -> dict[str, _Item]:
+    from optuna_convexity._summary import leaderboard
+    from optuna_convexity._summary import summarize
+
+    items = {_NOTE_KEY: _Item(_note_body(stored_note, leaderboard(view)))}
+    if figures:
+        from optuna_convexity.visualization._mu_vs_value import _get_mu_vs_value_info
+        from optuna_convexity.visualization._mu_vs_value import _get_mu_vs_value_plot
+        from optuna_convexity.visualization._screening import _get_screening_info
+        from optuna_convexity.visualization._screening import _get_screening_plot
+
+        summaries = summarize(view)
+        names = view.metric_names
+        target_name = names[0] if names else "Objective Value"
+        for key, figure in (
+            (SCREENING_FIGURE_ID, _get_screening_plot(_get_screening_info(view, summaries))),
+            (
+                MU_VS_VALUE_FIGURE_ID,
+                _get_mu_vs_value_plot(_get_mu_vs_value_info(view, target_name, summaries)),
+            ),
+        ):
+            items[key] = _Item(figure.to_json(), figure)
+    return items
+
+
+def _note_body(stored: str, board: str) -> str:
+    """The note: the user's text above :data:`NOTE_HEADING`, then the search's section."""
+    start = _heading_start(stored)
+    prefix = (stored if start is None else stored[:start]).rstrip()
+    head = f"{prefix}\n\n" if prefix else ""
+    return f"{head}{NOTE_HEADING}\n\n{NOTE_INTRO}\n\n{board}"
+
+
+def _heading_start(note: str) -> int | None:
+    if note.startswith(NOTE_HEADING + "\n"):
+        return 0
+    index = note.find("\n" + NOTE_HEADING + "\n")
+    return None if index < 0 else index + 1
+
+
+def _dashboard_readers() -> Callable[[dict[str, Any]], dict[str, str]] | None:
+    """What the dashboard serves from a study's system attributes: the note and the figures
+    (optuna-dashboard's own readers, so that the comparison is with what users see)."""
+    try:
+        from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+        from optuna_dashboard._note import get_note_from_system_attrs
+    except ImportError:  # pragma: no cover - another optuna-dashboard layout
+        _logger.debug("This optuna-dashboard cannot be read back: each refresh writes once.")
+        return None
+
+    def read(system_attrs: dict[str, Any]) -> dict[str, str]:
+        stored: dict[str, str] = dict(get_plotly_graph_objects(system_attrs))
+        stored[_NOTE_KEY] = str(get_note_from_system_attrs(system_attrs, None)["body"])
+        return stored
+
+    return read
+
+
+# -- a consistent view of the study -------------------------------------------------------
+
+
+def _publish(study: optuna.Study, finishing: Finishing) -> None:
+    trial, state, values = finishing
+    study._storage.set_study_system_attr(
+        study._study_id,
+        f"{FINISHING_KEY}{trial.number}",
+        {
+            "state": state.name,
+            "values": None if values is None else [float(v) for v in values],
+        },
+    )
+
+
+def _snapshot(study: optuna.Study) -> tuple[optuna.Study, dict[str, Any]]:
+    """The study as its storage holds it now, read once, with the published results of trials
+    being told; and the study's system attributes read at the same time."""
+    storage = study._storage
+    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    system_attrs = storage.get_study_system_attrs(study._study_id)
+    shown = []
+    for trial in trials:
+        result = system_attrs.get(f"{FINISHING_KEY}{trial.number}")
+        if not trial.state.is_finished() and isinstance(result, dict):
+            trial = copy.copy(trial)
+            trial.state = TrialState[result["state"]]
+            trial.values = result["values"]
+        shown.append(trial)
+    snapshot = _SnapshotStorage(study, shown, system_attrs)
+    view = optuna.Study(study.study_name, snapshot, sampler=study.sampler, pruner=study.pruner)
+    return view, system_attrs
+
+
+class _SnapshotStorage(BaseStorage):
+    """A read-only storage holding one study as read at one moment (what the note and the
+    figures are built from, so that every part of them shows the same state)."""
+
+    def __init__(
+        self, study: optuna.Study, trials: list[FrozenTrial], system_attrs: dict[str, Any]
+    ) -> None:
+        self._backend = study._storage
+        self._study_id = study._study_id
+        self._study_name = study.study_name
+        self._directions = list(study.directions)
+        self._trials = trials
+        self._system_attrs = system_attrs
+
+    def _check(self, study_id: int) -> None:
+        if study_id != self._study_id:
+            raise KeyError(f"This snapshot holds study {self._study_id} only, not {study_id}.")
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        if study_name != self._study_name:
+            raise KeyError(f"This snapshot holds study {self._study_name!r} only.")
+        return self._study_id
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        self._check(study_id)
+        return self._study_name
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        self._check(study_id)
+        return list(self._directions)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._backend.get_study_user_attrs(study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        self._check(study_id)
+        return dict(self._system_attrs)
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self._backend.get_all_studies()
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        for trial in self._trials:
+            if trial._trial_id == trial_id:
+                return trial
+        raise KeyError(f"No trial with id {trial_id} in this snapshot.")
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        self._check(study_id)
+        trials = [t for t in self._trials if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def _read_only(self) -> NotImplementedError:
+        return NotImplementedError("The dashboard's snapshot of a study is read-only.")
+
+    def create_new_study(
+        self, directions: Sequence[StudyDirection], study_name: str | None = None
+    ) -> int:
+        raise self._read_only()
+
+    def delete_study(self, study_id: int) -> None:
+        raise self._read_only()
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        raise self._read_only()
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        raise self._read_only()
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        raise self._read_only()
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: optuna.distributions.BaseDistribution,
+    ) -> None:
+        raise self._read_only()
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        raise self._read_only()
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        raise self._read_only()
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        raise self._read_only()
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        raise self._read_only()
