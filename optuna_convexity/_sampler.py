@@ -365,6 +365,12 @@ class ConvexitySampler(BaseSampler):
                 }
                 if role.slot is not None:
                     attrs[_attrs.SLOT] = role.slot
+                if RETRY_OF in trial.system_attrs:
+                    # Optuna's retry copies the attempt's attributes: its score and its
+                    # exclusion belong to that attempt, not to this one.
+                    for inherited in (_attrs.MU, _attrs.EXCLUDED):
+                        if trial.user_attrs.get(inherited) is not None:
+                            attrs[inherited] = None
                 self._set_attrs(study, trial, attrs)
                 self._screening_sampler.before_trial(study, trial)
             elif self.asynchronous:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 import threading
@@ -70,7 +71,7 @@ def test_waiting_reads_the_storage_a_few_times_per_second_at_most(
     reads = storage.reads
     rate = len(reads) / (reads[-1] - reads[0])
     assert 1.0 < rate <= 4.0, f"{len(reads)} reads in {reads[-1] - reads[0]:.1f} s"
-    gaps = [b - a for a, b in zip(reads, reads[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(reads)]
     assert gaps[-1] > 1.5 * gaps[0]  # the interval grows (backoff), no busy loop
     # No heartbeat on this storage: the waiting worker says what is going on and what to do.
     warning = next(r.getMessage() for r in caplog.records if "has been running" in r.getMessage())
@@ -94,7 +95,10 @@ def test_a_queued_screening_retry_is_not_waited_for_but_run(tmp_path: Path) -> N
         pruner=optuna_convexity.ConvexityPruner(),
     )
     first, dying = study.ask(), study.ask()
-    _screen(study, first)
+    with pytest.raises(optuna.TrialPruned):
+        objective(first)
+    optuna_convexity.record_mu(first, 1e6, estimator="synthetic")  # the retry must beat it
+    study.tell(first, state=TrialState.PRUNED)
     result: dict[str, optuna.Trial] = {}
     waiter = threading.Thread(target=lambda: result.update(trial=study.ask()))
     waiter.start()
@@ -111,9 +115,11 @@ def test_a_queued_screening_retry_is_not_waited_for_but_run(tmp_path: Path) -> N
     study.tell(withdrawn, state=TrialState.PRUNED)
     retry = study.ask()  # the worker picks up the queued retry first
     assert retry.number == 3 and optuna_convexity.is_screening(retry)
+    assert retry.user_attrs.get(_attrs.EXCLUDED) is None  # not its original's
     _screen(study, retry)
     promotion = study.ask()  # then the copy of the withdrawn promotion, which keeps rank 1
     assert promotion.user_attrs[_attrs.RANK] == 1
+    assert promotion.user_attrs[_attrs.PARENT] == retry.number  # the retried candidate won
     study.tell(promotion, objective(promotion))
     check_round(study, 0, 2, 1)
 
