@@ -17,9 +17,9 @@ from optuna_convexity import _attrs
 from optuna_convexity._pruner import ConvexityPruner
 from optuna_convexity._sampler import ConvexitySampler
 from optuna_convexity.hessian import BaseHessianNormEstimator
+from optuna_convexity.hessian import LastLayer
+from optuna_convexity.hessian import LossFunction
 from optuna_convexity.hessian import strong_convexity
-from optuna_convexity.hessian._estimators import LossFunction
-from optuna_convexity.hessian._head import LastLayer
 
 
 def is_screening(trial: BaseTrial | FrozenTrial) -> bool:

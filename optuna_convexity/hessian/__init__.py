@@ -23,7 +23,9 @@ from optuna_convexity.hessian._estimators import ESTIMATOR_NAMES
 from optuna_convexity.hessian._estimators import get_estimator
 from optuna_convexity.hessian._estimators import HutchinsonEstimator
 from optuna_convexity.hessian._estimators import LastLayerEstimator
+from optuna_convexity.hessian._estimators import LossFunction
 from optuna_convexity.hessian._estimators import PaperEstimator
+from optuna_convexity.hessian._head import LastLayer
 from optuna_convexity.hessian._strong_convexity import strong_convexity
 from optuna_convexity.hessian._strong_convexity import StrongConvexity
 
@@ -33,7 +35,9 @@ __all__ = [
     "BaseHessianNormEstimator",
     "BatchScorer",
     "HutchinsonEstimator",
+    "LastLayer",
     "LastLayerEstimator",
+    "LossFunction",
     "PaperEstimator",
     "StrongConvexity",
     "get_estimator",

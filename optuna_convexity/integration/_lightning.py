@@ -39,9 +39,9 @@ from optuna_convexity._report import report_convexity
 from optuna_convexity._sampler import ConvexitySampler
 from optuna_convexity.hessian import BaseHessianNormEstimator
 from optuna_convexity.hessian import get_estimator
+from optuna_convexity.hessian import LastLayer
+from optuna_convexity.hessian import LossFunction
 from optuna_convexity.hessian import strong_convexity
-from optuna_convexity.hessian._estimators import LossFunction
-from optuna_convexity.hessian._head import LastLayer
 
 
 #: ``Callback`` hooks passed on to ``pruning_callback`` outside screening trials (the hooks
