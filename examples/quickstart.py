@@ -107,6 +107,10 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:  # a rerun continues the study: offset the seed so that it screens new candidates
+        done = len(optuna.load_study(study_name=args.study_name, storage=args.storage).trials)
+    except KeyError:
+        done = 0
     study = optuna.create_study(
         study_name=args.study_name,
         storage=args.storage,
@@ -115,7 +119,7 @@ def main() -> None:
         sampler=optuna_convexity.ConvexitySampler(
             n_screening=args.n_screening,
             n_promoted=args.n_promoted,
-            seed=args.seed,
+            seed=args.seed + done,
             estimator=args.estimator,
         ),
         pruner=optuna_convexity.ConvexityPruner(),
