@@ -180,7 +180,10 @@ class _HeadScorer(BatchScorer):
                 self._check_first_batch(call, outputs)
             else:
                 self._check_targets(outputs, targets)
-            with full_precision(outputs.device):
+            if torch.is_autocast_enabled(outputs.device.type):
+                with torch.autocast(device_type=outputs.device.type, enabled=False):
+                    self._add(call, outputs, targets)
+            else:  # the common case, without a context manager's per-batch cost
                 self._add(call, outputs, targets)
         self._n_batches += 1
 

@@ -131,7 +131,11 @@ class HeadCapture:
                 "as last_layer=... or use estimator='hutchinson'."
             )
         _, inputs, outputs = calls[0]
-        return HeadCall(self.head, self._names.get(self.head, "<last_layer>"), inputs, outputs)
+        return HeadCall(self.head, self._head_name, inputs, outputs)
+
+    @property
+    def _head_name(self) -> str:
+        return self._names.get(self.head, "<last_layer>") if self.head is not None else ""
 
 
 def is_view_of(output: torch.Tensor, logits: torch.Tensor) -> bool:
