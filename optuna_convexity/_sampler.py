@@ -365,13 +365,7 @@ class ConvexitySampler(BaseSampler):
                 }
                 if role.slot is not None:
                     attrs[_attrs.SLOT] = role.slot
-                if RETRY_OF in trial.system_attrs:
-                    # Optuna's retry copies the attempt's attributes: its score and its
-                    # exclusion belong to that attempt, not to this one.
-                    for inherited in (_attrs.MU, _attrs.EXCLUDED):
-                        if trial.user_attrs.get(inherited) is not None:
-                            attrs[inherited] = None
-                self._set_attrs(study, trial, attrs)
+                self._set_attrs(study, trial, {**attrs, **_cleared_inheritance(trial)})
                 self._screening_sampler.before_trial(study, trial)
             elif self.asynchronous:
                 self._start_queued_promotion(study, trial, trials)
@@ -433,6 +427,9 @@ class ConvexitySampler(BaseSampler):
         """A trial holding a promotion slot: wait for the round's screening, then take the
         candidate of its rank, or screen in the next round if no candidate is left."""
         if _attrs.PHASE in trial.user_attrs:  # a retry: it inherited its original's decision
+            if trial.user_attrs[_attrs.PHASE] == _attrs.PHASE_SCREENING:  # a released slot
+                self._set_attrs(study, trial, _cleared_inheritance(trial))
+                self._screening_sampler.before_trial(study, trial)
             return
         assert role.rank is not None
         resolution = self._wait_for_screening(study, trial, role)
@@ -855,6 +852,16 @@ class ConvexitySampler(BaseSampler):
             study._storage.set_trial_user_attr(trial._trial_id, key, value)
             # The Trial object caches this FrozenTrial; keep trial.user_attrs in step.
             trial.user_attrs[key] = value
+
+
+def _cleared_inheritance(trial: FrozenTrial) -> dict[str, Any]:
+    """Optuna's retry copies the attempt's attributes; a screening retry must not keep the
+    score and the exclusion of the attempt it repeats."""
+    if RETRY_OF not in trial.system_attrs:
+        return {}
+    return {
+        key: None for key in (_attrs.MU, _attrs.EXCLUDED) if trial.user_attrs.get(key) is not None
+    }
 
 
 def _heartbeat_interval(storage: Any) -> int | None:

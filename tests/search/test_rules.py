@@ -361,3 +361,30 @@ def test_workers_with_other_settings_are_refused() -> None:
         (0, None),
         (1, "failed (its worker stopped without reporting)"),
     ]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_retry_of_a_released_promotion_slot_screens_afresh() -> None:
+    study = _study(2, 2)
+
+    def one_valid(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1.0, 1.0)
+        if optuna_convexity.is_screening(trial):
+            slot = trial.user_attrs.get(_attrs.SLOT)
+            optuna_convexity.record_mu(trial, math.inf if slot == 0 else 1.0)
+            raise optuna.TrialPruned()
+        return x
+
+    study.optimize(one_valid, n_trials=3)  # slot 0 excluded, slot 1 promoted (trial 2)
+    released = study.ask()  # rank 2 has no candidate: it screens for round 1
+    assert released.user_attrs[_attrs.PHASE] == "screening"
+    assert released.user_attrs[_attrs.ROUND] == 1
+    released.suggest_float("x", -1.0, 1.0)
+    optuna_convexity.record_mu(released, 0.5)
+    study.tell(released, state=TrialState.FAIL)  # e.g. its worker crashed after scoring
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study.trials[released.number])
+    retry = study.ask()
+    assert study.trials[retry.number].system_attrs["failed_trial"] == released.number
+    assert optuna_convexity.is_screening(retry) and retry.user_attrs[_attrs.ROUND] == 1
+    assert retry.user_attrs.get(_attrs.MU) is None
+    assert retry.user_attrs.get(_attrs.EXCLUDED) is None
