@@ -238,19 +238,25 @@ def ranking(
       then the others, flattest first. It keeps the paper's preference for flat losses but
       stops a barely trained configuration (tiny learning rate, huge batch), whose loss is flat
       because it has not moved, from ranking first.
+
+      The better half holds at most half of the candidates with a value (rounded up): the
+      values better than the median, and the values equal to it only if they fit. So when many
+      candidates tie at a chance-level accuracy, the tie is left out rather than letting the
+      whole field in; if nothing is better than the tie, the ranking is by ``mu`` alone.
     """
     valid = [c for c in candidates if c.exclusion is None]
     if criterion == "mu":
         return sorted(valid, key=lambda c: (c.mu, c.root))
     values = {c.root: reported_value(c.final) for c in valid}
-    known = sorted(
-        (v for v in values.values() if v is not None), key=lambda v: -v if maximize else v
-    )
+    sign = -1.0 if maximize else 1.0  # sign * value: lower is better
+    known = sorted(sign * v for v in values.values() if v is not None)
     better = set()
     if known:
-        cut = known[(len(known) - 1) // 2]  # the median (the better one of the two middles)
+        half = (len(known) + 1) // 2
+        cut = known[half - 1]  # the median (the better one of the two middles)
+        with_ties = known.count(cut) + sum(1 for v in known if v < cut) <= half
         for root, value in values.items():
-            if value is not None and (value >= cut if maximize else value <= cut):
+            if value is not None and (sign * value < cut or (with_ties and sign * value == cut)):
                 better.add(root)
     return sorted(valid, key=lambda c: (c.root not in better, c.mu, c.root))
 

@@ -136,6 +136,8 @@ class ConvexitySampler(BaseSampler):
             last reported value (``trial.report`` in the screening epoch) is in the better
             half, then the rest by ``mu``: after one epoch a barely trained configuration can
             look flat because it has not moved, and this keeps it from being promoted first.
+            The better half never holds more than half of the field: a tie at the median
+            (e.g. many candidates still at chance accuracy) is left out when it would not fit.
         poll_interval:
             ``(first, largest)`` seconds between storage reads of a trial waiting for the
             screening to finish; the interval grows by half each time.

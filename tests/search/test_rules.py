@@ -333,6 +333,39 @@ def test_criterion_mu_in_better_half_prefers_trained_candidates(direction: str) 
     assert results["mu_in_better_half"] == xs[4:6]  # the flattest of the better half
 
 
+@pytest.mark.parametrize(
+    ("chance", "expected"),
+    [
+        (5, [5, 6]),  # five tie at chance: only the three that trained form the better half
+        (8, [0, 1]),  # all tie: the value tells nothing, so mu alone decides
+    ],
+)
+def test_criterion_mu_in_better_half_leaves_out_a_tie_at_chance(
+    chance: int, expected: list[int]
+) -> None:
+    """A tie larger than half the field does not make the whole field the better half."""
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0)
+        if optuna_convexity.is_screening(trial):
+            i = trial.number  # the screening trials are trials 0..7; 0 is the flattest
+            optuna_convexity.record_mu(trial, 1.0 + i)
+            trial.report(0.1 if i < chance else 0.5 + i / 100, 0)  # accuracy after one epoch
+            raise optuna.TrialPruned()
+        return 0.5
+
+    sampler = optuna_convexity.ConvexitySampler(
+        8,
+        2,
+        seed=0,
+        criterion="mu_in_better_half",
+        **FAST,  # type: ignore[arg-type]
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=10)
+    assert [t.user_attrs[_attrs.PARENT] for t in study.trials[8:]] == expected
+
+
 def test_unknown_criterion() -> None:
     with pytest.raises(ValueError, match="Unknown criterion 'loss'"):
         optuna_convexity.ConvexitySampler(criterion="loss")  # type: ignore[arg-type]
