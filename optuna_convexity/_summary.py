@@ -33,7 +33,8 @@ class ScreenedCandidate:
     mu: float | None
     #: The last value the objective reported (the one-epoch value of a screening trial).
     value: float | None
-    #: 1 = flattest among the round's valid candidates; ``None`` if excluded or running.
+    #: Position in the round's promotion order (the study's ``criterion``; with ``"mu"``,
+    #: 1 = flattest); ``None`` if excluded or running.
     screening_rank: int | None
     #: Why the candidate cannot be promoted (``None`` if it can).
     excluded: str | None

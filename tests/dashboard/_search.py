@@ -64,7 +64,7 @@ def run_search(storage: str, *, n_jobs: int = 1, seed: int = 0) -> optuna.Study:
         storage=storage,
         direction="maximize",
         sampler=optuna_convexity.ConvexitySampler(
-            N_SCREENING, N_PROMOTED, seed=seed, poll_interval=(0.02, 0.1)
+            N_SCREENING, N_PROMOTED, seed=seed, poll_interval=(0.02, 0.1), criterion="mu"
         ),
         pruner=optuna_convexity.ConvexityPruner(),
     )
@@ -98,7 +98,7 @@ def synthetic_study(
         storage=storage,
         load_if_exists=True,
         sampler=optuna_convexity.ConvexitySampler(
-            n_screening, n_promoted, seed=seed, poll_interval=(0.02, 0.1)
+            n_screening, n_promoted, seed=seed, poll_interval=(0.02, 0.1), criterion="mu"
         ),
         pruner=optuna_convexity.ConvexityPruner(),
     )

@@ -17,6 +17,7 @@ from tests.distributed.conftest import Pool
 from tests.distributed.conftest import STATS
 from tests.distributed.worker import storage_of
 from tests.search.helpers import objective
+from tests.search.helpers import promotion_order
 
 
 N_SCREENING, N_PROMOTED = 10, 3
@@ -39,7 +40,7 @@ def test_promotions_follow_the_fraction_rule() -> None:
         if len(scored) < sampler.min_screening:
             continue
         quota = max(1, len(scored) * N_PROMOTED // N_SCREENING)
-        best = sorted(scored, key=lambda t: (t.user_attrs[_attrs.MU], t.number))[:quota]
+        best = promotion_order(study, scored)[:quota]
         expected += [t.number for t in best if t.number not in expected]
     promoted = [t for t in study.trials if optuna_convexity.is_promoted(t)]
     assert [t.user_attrs[_attrs.PARENT] for t in promoted] == expected

@@ -42,6 +42,34 @@ def phases(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
     return grouped
 
 
+def promotion_order(study: optuna.Study, valid: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The valid candidates in the order the study's criterion promotes them, worked out here.
+
+    ``"mu"``: lowest ``mu`` first. ``"mu_in_better_half"``: first the candidates whose last
+    reported value is among the better ceil(n/2) of the n values (a tie at the boundary only if
+    it fits whole), lowest ``mu`` first; then the rest, lowest ``mu`` first.
+    """
+    config = study._storage.get_study_system_attrs(study._study_id)["convexity:config"]
+    by_mu = sorted(valid, key=lambda t: (t.user_attrs[_attrs.MU], t.number))
+    if config["criterion"] == "mu":
+        return by_mu
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    reported = {}
+    for t in valid:
+        if t.intermediate_values:
+            value = t.intermediate_values[max(t.intermediate_values)]
+            if math.isfinite(value):
+                reported[t.number] = sign * value  # lower is better
+    slots = (len(reported) + 1) // 2
+    better: set[int] = set()
+    for value in sorted(set(reported.values())):
+        group = {n for n, v in reported.items() if v == value}
+        if len(better) + len(group) > slots:
+            break
+        better |= group
+    return sorted(by_mu, key=lambda t: t.number not in better)
+
+
 def check_round(study: optuna.Study, round_number: int, n_screening: int, n_promoted: int) -> None:
     """The invariants of a finished round, recomputed from the stored trials."""
     trials = study.get_trials(deepcopy=False)
@@ -70,7 +98,7 @@ def check_round(study: optuna.Study, round_number: int, n_screening: int, n_prom
         and math.isfinite(t.user_attrs[_attrs.MU])
         and t.user_attrs[_attrs.MU] > 0
     ]
-    expected = sorted(valid, key=lambda t: (t.user_attrs[_attrs.MU], t.number))[:n_promoted]
+    expected = promotion_order(study, valid)[:n_promoted]
     complete = [t for t in promoted if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs[_attrs.RANK] for t in complete) == list(
         range(1, len(expected) + 1)

@@ -20,7 +20,7 @@ from optuna_convexity import _attrs
 from tests.search.helpers import check_round
 from tests.search.helpers import objective
 from tests.search.helpers import phases
-from tests.search.helpers import synthetic_mu
+from tests.search.helpers import promotion_order
 
 
 FAST = {"poll_interval": (0.02, 0.1)}
@@ -117,7 +117,7 @@ def test_a_promotion_waits_for_running_screening_trials(caplog: pytest.LogCaptur
             optuna.logging.disable_propagation()
     promoted = result["promoted"]
     assert optuna_convexity.is_promoted(promoted)
-    expected = min(slow, key=lambda t: synthetic_mu(t.params))
+    expected = promotion_order(study, [study.trials[t.number] for t in slow])[0]
     assert promoted.user_attrs[_attrs.PARENT] == expected.number
     study.tell(promoted, objective(promoted))
     assert study.trials[promoted.number].params == expected.params
@@ -196,7 +196,7 @@ def test_restart_in_new_processes_continues(tmp_path: Path, kind: str) -> None:
 
 
 def test_enqueued_trials_are_extra_candidates() -> None:
-    study = _study(None, 4, 2)
+    study = _study(None, 4, 2, criterion="mu")
     study.enqueue_trial({"x": 0.3, "y": 0})  # the flattest possible configuration
     study.optimize(objective, n_trials=7)
     enqueued = study.trials[0]
