@@ -181,12 +181,33 @@ def _run_study(
     return elapsed - computed_here + meter.seconds
 
 
-def _best(study: optuna.Study) -> tuple[float, float, dict[str, Any]]:
-    try:
+def _outcome(
+    study: optuna.Study,
+    method: Method,
+    pool: _hpo.TrainingPool,
+    budget: int,
+    meter: _Meter,
+    wall: float,
+    promoted: list[str] | None = None,
+) -> Run:
+    """The :class:`Run` of a finished study, judged by its best trial's test accuracy."""
+    test, valid, params = math.nan, math.nan, {}
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         best = study.best_trial
-    except ValueError:  # no complete trial
-        return math.nan, math.nan, {}
-    return float(best.user_attrs["test_accuracy"]), float(best.value), dict(best.params)
+        test, valid, params = best.user_attrs["test_accuracy"], best.value, best.params
+    return Run(
+        pool.splits.name,
+        pool.seed,
+        method.name,
+        budget,
+        meter.epochs,
+        len(study.trials),
+        float(test),
+        float(valid),  # type: ignore[arg-type]
+        wall,
+        dict(params),
+        promoted or [],
+    )
 
 
 def run_convexity(method: Method, pool: _hpo.TrainingPool, settings: Settings) -> Run:
@@ -226,23 +247,10 @@ def run_convexity(method: Method, pool: _hpo.TrainingPool, settings: Settings) -
     wall = _run_study(
         study, pool, objective, meter, n_trials=settings.n_screening + settings.n_promoted
     )
-    test, valid, params = _best(study)
     promoted = [
         _hpo.Config(**t.params).key() for t in study.trials if optuna_convexity.is_promoted(t)
     ]
-    return Run(
-        pool.splits.name,
-        pool.seed,
-        method.name,
-        settings.budget,
-        meter.epochs,
-        len(study.trials),
-        test,
-        valid,
-        wall,
-        params,
-        promoted,
-    )
+    return _outcome(study, method, pool, settings.budget, meter, wall, promoted)
 
 
 def run_standard(method: Method, pool: _hpo.TrainingPool, settings: Settings) -> Run:
@@ -275,19 +283,7 @@ def run_standard(method: Method, pool: _hpo.TrainingPool, settings: Settings) ->
         )
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     wall = _run_study(study, pool, objective, meter, callbacks=[stop_at_budget])
-    test, valid, params = _best(study)
-    return Run(
-        pool.splits.name,
-        pool.seed,
-        method.name,
-        budget,
-        meter.epochs,
-        len(study.trials),
-        test,
-        valid,
-        wall,
-        params,
-    )
+    return _outcome(study, method, pool, budget, meter, wall)
 
 
 def rank_quality(
