@@ -91,7 +91,8 @@ def test_a_queued_screening_retry_is_not_waited_for_but_run(tmp_path: Path) -> N
     """If every worker waited for a queued retry, nobody would run it: hand the slot back."""
     study = optuna.create_study(
         storage=_journal(tmp_path),
-        sampler=optuna_convexity.ConvexitySampler(2, 1, poll_interval=(0.05, 0.1)),
+        # mu alone decides, so that the retry's lower mu makes it the one promoted.
+        sampler=optuna_convexity.ConvexitySampler(2, 1, criterion="mu", poll_interval=(0.05, 0.1)),
         pruner=optuna_convexity.ConvexityPruner(),
     )
     first, dying = study.ask(), study.ask()
