@@ -6,9 +6,10 @@ each screening trial after its first epoch and stops the trainer there; ``check_
 ``trainer.fit`` ends it PRUNED with its one-epoch validation accuracy. The flattest candidates
 are then promoted to the full number of epochs. With ``--pruning``, promoted trials also run
 optuna-integration's ``PyTorchLightningPruningCallback`` under a ``MedianPruner`` (which sees
-the promoted trials only). ``--criterion mu_in_better_half`` promotes the flattest among the
-candidates with a better-than-median one-epoch accuracy, which ``ConvexityCallback`` reports
-from its ``monitor``. The defaults take about ten seconds on a CPU.
+the promoted trials only). By default the flattest among the candidates with a
+better-than-median one-epoch accuracy (which ``ConvexityCallback`` reports from its
+``monitor``) are promoted; ``--criterion mu`` promotes by ``mu`` alone, the paper's rule. The
+defaults take about ten seconds on a CPU.
 
     pip install "optuna-convexity[lightning,examples]"
     python examples/lightning_example.py
@@ -167,7 +168,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="full budget of promoted trials")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the search")
     parser.add_argument("--estimator", default="last_layer")
-    parser.add_argument("--criterion", default="mu", choices=["mu", "mu_in_better_half"])
+    parser.add_argument(
+        "--criterion", default="mu_in_better_half", choices=["mu_in_better_half", "mu"]
+    )
     parser.add_argument(
         "--pruning", action="store_true", help="prune promoted trials (needs optuna-integration)"
     )
