@@ -337,13 +337,12 @@ def last_layer_slice(model: nn.Module) -> slice:
     """Where the last ``nn.Linear``'s weight and bias sit in the flat parameter vector."""
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     own = {id(p) for p in last.parameters()}
-    start = end = offset = 0
+    offsets, offset = [], 0
     for p in model.parameters():
         if id(p) in own:
-            start = offset if end == 0 else start
-            end = offset + p.numel()
+            offsets += [offset, offset + p.numel()]
         offset += p.numel()
-    return slice(start, end)
+    return slice(min(offsets), max(offsets))
 
 
 def trained_one_epoch(factory: Callable[[], nn.Module], training: Batches) -> nn.Module:
