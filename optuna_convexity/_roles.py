@@ -34,6 +34,8 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
+from optuna_convexity import _criteria
+from optuna_convexity._criteria import Criterion
 
 
 Phase = Literal["screening", "promoted"]
@@ -215,10 +217,6 @@ def awaited(
     return pending
 
 
-Criterion = Literal["mu", "mu_in_better_half"]
-CRITERIA = ("mu", "mu_in_better_half")
-
-
 def reported_value(trial: FrozenTrial) -> float | None:
     """The last value the objective reported (a screening trial's one-epoch value)."""
     if not trial.intermediate_values:
@@ -227,38 +225,20 @@ def reported_value(trial: FrozenTrial) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def signals(candidate: Candidate) -> _criteria.Signals:
+    """What a valid candidate's screening recorded, as the criteria see it."""
+    mu = candidate.mu
+    assert mu is not None
+    return _criteria.Signals(candidate.root, mu, reported_value(candidate.final))
+
+
 def ranking(
     candidates: Sequence[Candidate], criterion: Criterion = "mu", maximize: bool = False
 ) -> list[Candidate]:
-    """Valid candidates in promotion order (ties broken by trial number).
-
-    - ``"mu"`` (the paper): flattest first.
-    - ``"mu_in_better_half"``: first the candidates whose reported one-epoch value is in the
-      better half of the valid candidates' values (by the study's direction), flattest first;
-      then the others, flattest first. It keeps the paper's preference for flat losses but
-      stops a barely trained configuration (tiny learning rate, huge batch), whose loss is flat
-      because it has not moved, from ranking first.
-
-      The better half holds at most half of the candidates with a value (rounded up): the
-      values better than the median, and the values equal to it only if they fit. So when many
-      candidates tie at a chance-level accuracy, the tie is left out rather than letting the
-      whole field in; if nothing is better than the tie, the ranking is by ``mu`` alone.
-    """
-    valid = [c for c in candidates if c.exclusion is None]
-    if criterion == "mu":
-        return sorted(valid, key=lambda c: (c.mu, c.root))
-    values = {c.root: reported_value(c.final) for c in valid}
-    sign = -1.0 if maximize else 1.0  # sign * value: lower is better
-    known = sorted(sign * v for v in values.values() if v is not None)
-    better = set()
-    if known:
-        half = (len(known) + 1) // 2
-        cut = known[half - 1]  # the median (the better one of the two middles)
-        with_ties = known.count(cut) + sum(1 for v in known if v < cut) <= half
-        for root, value in values.items():
-            if value is not None and (sign * value < cut or (with_ties and sign * value == cut)):
-                better.add(root)
-    return sorted(valid, key=lambda c: (c.root not in better, c.mu, c.root))
+    """Valid candidates in promotion order by ``criterion`` (see :mod:`._criteria`)."""
+    valid = {c.root: c for c in candidates if c.exclusion is None}
+    ranked = _criteria.rank([signals(c) for c in valid.values()], criterion, maximize)
+    return [valid[r.root] for r in ranked]
 
 
 @dataclasses.dataclass

@@ -23,13 +23,13 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
+from optuna_convexity import _criteria
 from optuna_convexity import _dashboard
+from optuna_convexity._criteria import Criterion
 from optuna_convexity._dashboard import Finishing
 from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import Candidate
 from optuna_convexity._roles import candidates_of_round
-from optuna_convexity._roles import CRITERIA
-from optuna_convexity._roles import Criterion
 from optuna_convexity._roles import FIXED_PARAMS
 from optuna_convexity._roles import foreign_trials
 from optuna_convexity._roles import is_queued_promotion
@@ -183,7 +183,7 @@ class ConvexitySampler(BaseSampler):
         screening_sampler: BaseSampler | None = None,
         seed: int | None = None,
         estimator: str | BaseHessianNormEstimator = "last_layer",
-        criterion: Criterion = "mu_in_better_half",
+        criterion: Criterion = _criteria.DEFAULT_CRITERION,
         poll_interval: tuple[float, float] = (0.25, 5.0),
         wait_timeout: float | None = None,
         stale_warning: float = 600.0,
@@ -218,12 +218,7 @@ class ConvexitySampler(BaseSampler):
                 f"poll_interval must be (first, largest) seconds with 0 < first <= largest, "
                 f"got {poll_interval!r}."
             )
-        if criterion not in CRITERIA:
-            raise ValueError(
-                f"Unknown criterion {criterion!r}; use 'mu' (the paper: flattest first) or "
-                "'mu_in_better_half' (flattest first among the candidates whose one-epoch "
-                "reported value is in the better half)."
-            )
+        criterion = _criteria.validate(criterion)
         if wait_timeout is not None and not wait_timeout > 0:
             raise ValueError(f"wait_timeout must be positive or None, got {wait_timeout!r}.")
         if not stale_warning > 0:

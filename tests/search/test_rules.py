@@ -367,8 +367,8 @@ def test_criterion_mu_in_better_half_leaves_out_a_tie_at_chance(
 
 
 def test_unknown_criterion() -> None:
-    with pytest.raises(ValueError, match="Unknown criterion 'loss'"):
-        optuna_convexity.ConvexitySampler(criterion="loss")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Unknown criterion 'flattest'.*'mu': the paper's rule"):
+        optuna_convexity.ConvexitySampler(criterion="flattest")  # type: ignore[arg-type]
 
 
 def test_workers_with_other_settings_are_refused() -> None:

@@ -1,0 +1,108 @@
+"""Promotion criteria: the order in which a round's valid candidates are promoted.
+
+This module is the one home of every criterion. It is pure: it sees each candidate only as the
+signals the screening recorded (:class:`Signals`) and knows nothing of trials, storages or the
+sampler, so every worker that reads the same stored signals computes the same order.
+
+A criterion may split the candidates into *tiers* (e.g. the better half of the one-epoch values
+first); :func:`rank` returns each candidate with the label of its tier, so that reports can show
+why a candidate with a lower ``mu`` was ranked below one with a higher ``mu``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+from typing import get_args
+from typing import Literal
+
+
+Criterion = Literal["mu", "mu_in_better_half"]
+#: Every criterion, in the order the documentation lists them.
+CRITERIA: tuple[str, ...] = get_args(Criterion)
+#: The criterion a :class:`~optuna_convexity.ConvexitySampler` uses unless told otherwise.
+DEFAULT_CRITERION: Criterion = "mu_in_better_half"
+
+_DESCRIPTIONS: dict[str, str] = {
+    "mu": "the paper's rule: the lowest mu (flattest loss after screening) first",
+    "mu_in_better_half": (
+        "the lowest mu first among the candidates whose one-epoch value is in the better half, "
+        "then the lowest mu of the rest"
+    ),
+}
+
+BETTER_HALF = "better half"
+OTHER_HALF = "other half"
+
+
+@dataclasses.dataclass(frozen=True)
+class Signals:
+    """What the screening recorded of one valid candidate."""
+
+    #: Identifies the candidate (the number of its first trial); breaks ties, lowest first.
+    root: int
+    #: The strong-convexity score: finite and positive for a valid candidate.
+    mu: float
+    #: The last value the objective reported during screening (``None`` if it reported none).
+    value: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    """A candidate's place in the promotion order."""
+
+    root: int
+    #: The criterion's tier the candidate is in (``None`` for criteria without tiers).
+    tier: str | None
+
+
+def validate(criterion: object) -> Criterion:
+    """``criterion`` if it names a criterion, else a ``ValueError`` that lists them."""
+    if criterion not in CRITERIA:
+        listed = "; ".join(f"{name!r}: {_DESCRIPTIONS[name]}" for name in CRITERIA)
+        raise ValueError(f"Unknown criterion {criterion!r}; use one of {listed}.")
+    return criterion  # type: ignore[return-value]
+
+
+def describe(criterion: str) -> str:
+    """One line saying what ``criterion`` promotes first."""
+    return _DESCRIPTIONS[validate(criterion)]
+
+
+def rank(signals: Sequence[Signals], criterion: str, maximize: bool = False) -> list[Ranked]:
+    """The candidates in promotion order (ties broken by ``root``).
+
+    - ``"mu"`` (the paper's rule): the lowest ``mu`` first.
+    - ``"mu_in_better_half"``: first the candidates whose one-epoch value is in the better half
+      of the candidates' values (by the study's direction), lowest ``mu`` first; then the others,
+      lowest ``mu`` first. It keeps the paper's preference for flat losses but stops a barely
+      trained configuration (tiny learning rate, huge batch), whose loss is flat because it has
+      not moved, from ranking first.
+
+      The better half holds at most half of the candidates with a value (rounded up): the
+      values better than the median, and the values equal to it only if they fit. So when many
+      candidates tie at a chance-level accuracy, the tie is left out rather than letting the
+      whole field in; if nothing is better than the tie, the ranking is by ``mu`` alone.
+    """
+    validate(criterion)
+    if criterion == "mu":
+        return [Ranked(s.root, None) for s in sorted(signals, key=lambda s: (s.mu, s.root))]
+    better = better_half(signals, maximize)
+    order = sorted(signals, key=lambda s: (s.root not in better, s.mu, s.root))
+    return [Ranked(s.root, BETTER_HALF if s.root in better else OTHER_HALF) for s in order]
+
+
+def better_half(signals: Sequence[Signals], maximize: bool) -> set[int]:
+    """Roots of the candidates whose value is in the better half (see :func:`rank`)."""
+    sign = -1.0 if maximize else 1.0  # sign * value: lower is better
+    known = sorted(sign * s.value for s in signals if s.value is not None)
+    if not known:
+        return set()
+    half = (len(known) + 1) // 2
+    cut = known[half - 1]  # the median (the better one of the two middles)
+    with_ties = known.count(cut) + sum(1 for v in known if v < cut) <= half
+    return {
+        s.root
+        for s in signals
+        if s.value is not None and (sign * s.value < cut or (with_ties and sign * s.value == cut))
+    }
