@@ -19,6 +19,9 @@ SLOT = "convexity:slot"
 #: Screening trials: the score, a float (``None`` when it was not finite). Promoted trials:
 #: their parent's score.
 MU = "convexity:mu"
+#: Screening trials: the mean training loss of the model as it was scored, from the same
+#: forward passes (a float; absent when it was not finite or the score came from elsewhere).
+TRAIN_LOSS = "convexity:train_loss"
 #: The trial number that computed ``MU`` (a retried trial inherits the attributes of the
 #: attempt it repeats, so this tells a fresh score from an inherited one).
 SCORED_BY = "convexity:scored_by"

@@ -17,7 +17,7 @@ from typing import get_args
 from typing import Literal
 
 
-Criterion = Literal["mu", "mu_in_better_half"]
+Criterion = Literal["mu", "mu_in_better_half", "value", "train_loss", "high_mu_in_better_half"]
 #: Every criterion, in the order the documentation lists them.
 CRITERIA: tuple[str, ...] = get_args(Criterion)
 #: The criterion a :class:`~optuna_convexity.ConvexitySampler` uses unless told otherwise.
@@ -28,6 +28,15 @@ _DESCRIPTIONS: dict[str, str] = {
     "mu_in_better_half": (
         "the lowest mu first among the candidates whose one-epoch value is in the better half, "
         "then the lowest mu of the rest"
+    ),
+    "value": "the best one-epoch reported value first (one rung of successive halving)",
+    "train_loss": (
+        "the lowest one-epoch training loss (recorded with mu) first; by the one-epoch value "
+        "when a candidate has no training loss"
+    ),
+    "high_mu_in_better_half": (
+        "the highest mu first among the candidates whose one-epoch value is in the better half, "
+        "then the highest mu of the rest"
     ),
 }
 
@@ -45,6 +54,8 @@ class Signals:
     mu: float
     #: The last value the objective reported during screening (``None`` if it reported none).
     value: float | None
+    #: The mean training loss recorded with ``mu`` (``None`` if none was recorded).
+    train_loss: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +81,7 @@ def describe(criterion: str) -> str:
 
 
 def rank(signals: Sequence[Signals], criterion: str, maximize: bool = False) -> list[Ranked]:
-    """The candidates in promotion order (ties broken by ``root``).
+    """The candidates in promotion order (ties broken by ``root``, lowest first).
 
     - ``"mu"`` (the paper's rule): the lowest ``mu`` first.
     - ``"mu_in_better_half"``: first the candidates whose one-epoch value is in the better half
@@ -78,17 +89,35 @@ def rank(signals: Sequence[Signals], criterion: str, maximize: bool = False) -> 
       lowest ``mu`` first. It keeps the paper's preference for flat losses but stops a barely
       trained configuration (tiny learning rate, huge batch), whose loss is flat because it has
       not moved, from ranking first.
+    - ``"value"``: the best one-epoch value first (by the study's direction); candidates that
+      reported no value last, lowest ``mu`` first.
+    - ``"train_loss"``: the lowest training loss first. If any candidate has none (its ``mu``
+      came from :func:`~optuna_convexity.record_mu` without ``train_loss``), the whole round is
+      ranked as by ``"value"`` instead, so that candidates are never compared across signals.
+    - ``"high_mu_in_better_half"``: as ``"mu_in_better_half"``, but the *highest* ``mu`` first
+      in each half: after one epoch a sharper loss marks a configuration that is learning.
 
-      The better half holds at most half of the candidates with a value (rounded up): the
-      values better than the median, and the values equal to it only if they fit. So when many
-      candidates tie at a chance-level accuracy, the tie is left out rather than letting the
-      whole field in; if nothing is better than the tie, the ranking is by ``mu`` alone.
+    The better half holds at most half of the candidates with a value (rounded up): the values
+    better than the median, and the values equal to it only if they fit. So when many candidates
+    tie at a chance-level accuracy, the tie is left out rather than letting the whole field in;
+    if nothing is better than the tie, the ranking is by ``mu`` alone.
     """
     validate(criterion)
+    sign = -1.0 if maximize else 1.0  # sign * value: lower is better
+    if criterion == "train_loss" and all(s.train_loss is not None for s in signals):
+        order = sorted(signals, key=lambda s: (s.train_loss, s.root))
+        return [Ranked(s.root, None) for s in order]
+    if criterion in ("value", "train_loss"):
+        order = sorted(
+            signals,
+            key=lambda s: (s.value is None, sign * (s.value or 0.0), s.mu, s.root),
+        )
+        return [Ranked(s.root, None) for s in order]
     if criterion == "mu":
         return [Ranked(s.root, None) for s in sorted(signals, key=lambda s: (s.mu, s.root))]
     better = better_half(signals, maximize)
-    order = sorted(signals, key=lambda s: (s.root not in better, s.mu, s.root))
+    direction = 1.0 if criterion == "mu_in_better_half" else -1.0
+    order = sorted(signals, key=lambda s: (s.root not in better, direction * s.mu, s.root))
     return [Ranked(s.root, BETTER_HALF if s.root in better else OTHER_HALF) for s in order]
 
 

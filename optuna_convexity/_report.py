@@ -125,6 +125,7 @@ def report_convexity(
             estimator=result.estimator,
             n_batches=result.n_batches,
             n_nonfinite_batches=result.n_nonfinite,
+            train_loss=result.loss,
         )
     if end_trial is None:
         end_trial = not (
@@ -142,6 +143,7 @@ def record_mu(
     estimator: str = "custom",
     n_batches: int | None = None,
     n_nonfinite_batches: int | None = None,
+    train_loss: float | None = None,
 ) -> None:
     """Record a ``mu`` computed elsewhere as the score of a screening trial.
 
@@ -155,6 +157,8 @@ def record_mu(
         estimator: A short description of how ``mu`` was computed.
         n_batches: How many batches the score covers, if known.
         n_nonfinite_batches: How many of them were left out as non-finite, if known.
+        train_loss: The model's mean training loss at scoring time, if known; criteria that
+            use it (``criterion="train_loss"``) fall back to the reported value without it.
 
     Raises:
         ValueError: If ``trial`` is not a screening trial or ``mu`` is not a real number.
@@ -182,4 +186,12 @@ def record_mu(
         trial.set_user_attr(_attrs.N_BATCHES, int(n_batches))
     if n_nonfinite_batches is not None:
         trial.set_user_attr(_attrs.N_NONFINITE_BATCHES, int(n_nonfinite_batches))
+    if train_loss is not None:
+        if isinstance(train_loss, bool) or not isinstance(train_loss, Real):
+            raise ValueError(
+                f"train_loss must be a real number or None, got {train_loss!r} "
+                f"({type(train_loss).__name__})."
+            )
+        if math.isfinite(float(train_loss)):
+            trial.set_user_attr(_attrs.TRAIN_LOSS, float(train_loss))
     trial.set_user_attr(_attrs.SCORED_BY, trial.number)

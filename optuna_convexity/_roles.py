@@ -229,7 +229,13 @@ def signals(candidate: Candidate) -> _criteria.Signals:
     """What a valid candidate's screening recorded, as the criteria see it."""
     mu = candidate.mu
     assert mu is not None
-    return _criteria.Signals(candidate.root, mu, reported_value(candidate.final))
+    loss = candidate.final.user_attrs.get(_attrs.TRAIN_LOSS)
+    return _criteria.Signals(
+        candidate.root,
+        mu,
+        reported_value(candidate.final),
+        float(loss) if loss is not None else None,
+    )
 
 
 def ranking(

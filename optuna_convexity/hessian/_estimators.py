@@ -52,6 +52,14 @@ class BatchScorer(abc.ABC):
     def results(self) -> torch.Tensor:
         """The estimates of all batches added so far, shape ``(n_batches,)``."""
 
+    def losses(self) -> torch.Tensor | None:
+        """The loss of each batch added so far, shape ``(n_batches,)``, on the model's device.
+
+        Scorers that run the model's forward pass anyway record ``loss_fn(outputs, targets)``
+        from it; ``None`` if this scorer does not record losses.
+        """
+        return None
+
     def deferred_checks(self) -> list[tuple[torch.Tensor, str]]:
         """``(failed, message)`` pairs: raise ``ValueError(message)`` if ``failed`` is true."""
         return []
@@ -157,10 +165,14 @@ class _HeadScorer(BatchScorer):
         self._capture = HeadCapture(model, last_layer).__enter__()
         self._checks: list[tuple[torch.Tensor, str]] = []
         self._values: list[torch.Tensor] = []
+        self._losses: list[torch.Tensor] = []
         self._n_batches = 0
 
     def close(self) -> None:
         self._capture.__exit__(None, None, None)
+
+    def losses(self) -> torch.Tensor:
+        return torch.stack(self._losses)
 
     def deferred_checks(self) -> list[tuple[torch.Tensor, str]]:
         return self._checks
@@ -180,6 +192,7 @@ class _HeadScorer(BatchScorer):
                 self._check_first_batch(call, outputs)
             else:
                 self._check_targets(outputs, targets)
+            self._losses.append(self._loss_fn(outputs, targets).detach().float())
             if torch.is_autocast_enabled(outputs.device.type):
                 with torch.autocast(device_type=outputs.device.type, enabled=False):
                     self._add(call, outputs, targets)
@@ -651,6 +664,7 @@ class _HutchinsonScorer(BatchScorer):
         self._generator = make_generator(device, estimator.seed)
         self._probes: tuple[Vectors, ...] | None = None
         self._values: list[torch.Tensor] = []
+        self._losses: list[torch.Tensor] = []
 
     def _chunks(self, probes: Vectors) -> list[Vectors]:
         n = probes[0].shape[0]
@@ -669,10 +683,17 @@ class _HutchinsonScorer(BatchScorer):
             self._hvp.parameters, n, self._estimator.distribution, self._generator
         )
 
+    def losses(self) -> torch.Tensor:
+        return torch.stack(self._losses)
+
     def add(self, args: tuple[Any, ...], kwargs: dict[str, Any], targets: torch.Tensor) -> None:
+        with torch.no_grad():
+            outputs = self._model(*args, **kwargs)
+            if self._probes is None:
+                check_loss_accepts(self._loss_fn, outputs, targets)
+            # One forward pass more than the ~2 k passes of the products, for the loss value.
+            self._losses.append(self._loss_fn(outputs, targets).detach().float())
         if self._probes is None:
-            with torch.no_grad():
-                check_loss_accepts(self._loss_fn, self._model(*args, **kwargs), targets)
             # One set of probes per pass (common random numbers): every batch's estimate is
             # unbiased, and the supremum is not inflated by independent noise per batch.
             k = self._estimator.n_probes

@@ -40,6 +40,10 @@ class StrongConvexity:
             Examples scored.
         estimator:
             A description of the estimator and its settings, e.g. ``"last_layer"``.
+        loss:
+            The mean of ``loss_fn`` over the scored batches, weighted by their sizes, from the
+            same forward passes (on the training loader: the training loss of the model as it
+            is, in eval mode); ``nan`` if it is not finite or the estimator records no loss.
     """
 
     mu: float
@@ -48,6 +52,7 @@ class StrongConvexity:
     n_nonfinite: int
     n_examples: int
     estimator: str
+    loss: float = math.nan
 
     def __float__(self) -> float:
         return self.mu
@@ -151,16 +156,26 @@ def strong_convexity(
             checks = scorer.deferred_checks()
             # The one host synchronisation: every per-batch value and check at once.
             norms = scorer.results()
-            summary = torch.cat([norms] + [failed.to(norms.dtype)[None] for failed, _ in checks])
+            losses = scorer.losses()
+            summary = torch.cat(
+                [norms]
+                + [failed.to(norms.dtype)[None] for failed, _ in checks]
+                + (
+                    [_weighted_mean(losses, sizes).to(norms.dtype)[None]]
+                    if losses is not None
+                    else []
+                )
+            )
             summary = summary.to("cpu", torch.float64)
         finally:
             scorer.close()
 
     values = summary.tolist()
     batch_norms = values[: len(sizes)]
-    for (_, message), failed in zip(checks, values[len(sizes) :]):
+    for (_, message), failed in zip(checks, values[len(sizes) : len(sizes) + len(checks)]):
         if failed:
             raise ValueError(message)
+    loss = values[len(sizes) + len(checks)] if len(values) > len(sizes) + len(checks) else math.nan
     finite = [value for value in batch_norms if math.isfinite(value)]
     return StrongConvexity(
         mu=max(finite) if finite else math.nan,
@@ -169,7 +184,13 @@ def strong_convexity(
         n_nonfinite=len(batch_norms) - len(finite),
         n_examples=sum(sizes),
         estimator=chosen.describe(),
+        loss=loss if math.isfinite(loss) else math.nan,
     )
+
+
+def _weighted_mean(losses: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    weights = torch.tensor(sizes, dtype=losses.dtype, device=losses.device)
+    return (losses * weights).sum() / weights.sum()
 
 
 def _batch_size(targets: torch.Tensor) -> int:

@@ -553,6 +553,8 @@ class ConvexityCallback(Callback):
                 result.mu if math.isfinite(result.mu) else -math.inf,
                 float(result.n_batches),
                 float(result.n_nonfinite),
+                result.loss * result.n_examples,
+                float(result.n_examples),
             ],
             dtype=torch.float64,
             device=trainer.strategy.root_device,
@@ -569,6 +571,7 @@ class ConvexityCallback(Callback):
                 estimator=result.estimator,
                 n_batches=int(table[:, 1].sum()),
                 n_nonfinite_batches=int(table[:, 2].sum()),
+                train_loss=float(table[:, 3].sum() / table[:, 4].sum()),
             )
         return mu
 

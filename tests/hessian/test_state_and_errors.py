@@ -288,3 +288,26 @@ def test_hessian_subpackage_does_not_import_optuna() -> None:
             else:
                 continue
             assert not any(name.split(".")[0] == "optuna" for name in names), path
+
+
+@pytest.mark.parametrize("make_estimator", ESTIMATORS)
+def test_loss_is_the_eval_mode_loss_over_the_scored_examples(make_estimator) -> None:  # type: ignore[no-untyped-def]
+    """``loss``: the training loss of the model as it is, from the scoring pass itself."""
+    torch.manual_seed(0)
+    model = Messy()
+    model.train()
+    inputs, targets = torch.randn(45, 6), torch.randint(0, 3, (45,))
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=16)  # 16, 16, 13
+    result = strong_convexity(model, loader, nn.CrossEntropyLoss(), estimator=make_estimator())
+    model.eval()
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(inputs), targets).item()
+    assert result.loss == pytest.approx(expected, rel=1e-5)
+    capped = strong_convexity(
+        model, loader, nn.CrossEntropyLoss(), estimator=make_estimator(), max_batches=1
+    )
+    with torch.no_grad():
+        first = nn.functional.cross_entropy(model(inputs[:16]), targets[:16]).item()
+    assert capped.loss == pytest.approx(first, rel=1e-5)
+    nan_batch = [(torch.full((4, 6), math.nan), torch.randint(0, 3, (4,)))]
+    assert math.isnan(strong_convexity(model, nan_batch, nn.CrossEntropyLoss()).loss)

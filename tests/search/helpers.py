@@ -48,10 +48,14 @@ def promotion_order(study: optuna.Study, valid: list[FrozenTrial]) -> list[Froze
     ``"mu"``: lowest ``mu`` first. ``"mu_in_better_half"``: first the candidates whose last
     reported value is among the better ceil(n/2) of the n values (a tie at the boundary only if
     it fits whole), lowest ``mu`` first; then the rest, lowest ``mu`` first.
+    ``"high_mu_in_better_half"``: the same halves, highest ``mu`` first. ``"value"``: best
+    reported value first (then lowest ``mu``), no value last. ``"train_loss"``: lowest recorded
+    training loss first if every candidate has one, else as ``"value"``.
     """
     config = study._storage.get_study_system_attrs(study._study_id)["convexity:config"]
+    criterion = config["criterion"]
     by_mu = sorted(valid, key=lambda t: (t.user_attrs[_attrs.MU], t.number))
-    if config["criterion"] == "mu":
+    if criterion == "mu":
         return by_mu
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     reported = {}
@@ -60,6 +64,14 @@ def promotion_order(study: optuna.Study, valid: list[FrozenTrial]) -> list[Froze
             value = t.intermediate_values[max(t.intermediate_values)]
             if math.isfinite(value):
                 reported[t.number] = sign * value  # lower is better
+    losses = [t.user_attrs.get(_attrs.TRAIN_LOSS) for t in valid]
+    if criterion == "train_loss" and all(loss is not None for loss in losses):
+        return sorted(valid, key=lambda t: (t.user_attrs[_attrs.TRAIN_LOSS], t.number))
+    if criterion in ("value", "train_loss"):
+        with_value = sorted(
+            (t for t in by_mu if t.number in reported), key=lambda t: reported[t.number]
+        )
+        return with_value + [t for t in by_mu if t.number not in reported]
     slots = (len(reported) + 1) // 2
     better: set[int] = set()
     for value in sorted(set(reported.values())):
@@ -67,6 +79,8 @@ def promotion_order(study: optuna.Study, valid: list[FrozenTrial]) -> list[Froze
         if len(better) + len(group) > slots:
             break
         better |= group
+    if criterion == "high_mu_in_better_half":
+        by_mu = sorted(valid, key=lambda t: (-t.user_attrs[_attrs.MU], t.number))
     return sorted(by_mu, key=lambda t: t.number not in better)
 
 
