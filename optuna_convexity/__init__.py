@@ -10,14 +10,17 @@
   workers were stopped.
 - :mod:`optuna_convexity.hessian` is the pure-PyTorch scoring module.
 
-Trial attributes written by the search (``user_attrs``, shown by optuna-dashboard):
+Trial attributes written by the search (``user_attrs``, shown by optuna-dashboard): these
+names are the public contract (defined once, with their readers, in ``_attrs``):
 
 ========================================  ===================================================
-``convexity:phase``                       ``"screening"`` or ``"promoted"``
+``convexity:phase``                       ``"screening"``, ``"promoted"``, or ``"withdrawn"``
+                                          (gave its promotion back before running)
 ``convexity:round``                       round number (int)
 ``convexity:slot``                        screening position in the round (int)
 ``convexity:mu``                          score (float, ``None`` if not finite); promoted
                                           trials carry their parent's
+``convexity:train_loss``                  mean training loss where ``mu`` was computed (float)
 ``convexity:estimator``                   how ``mu`` was computed (str)
 ``convexity:n_batches``                   batches scored (int)
 ``convexity:n_nonfinite_batches``         batches left out as non-finite (int)
@@ -28,6 +31,8 @@ Trial attributes written by the search (``user_attrs``, shown by optuna-dashboar
 ========================================  ===================================================
 """
 
+from optuna_convexity import _dashboard
+from optuna_convexity import _listeners
 from optuna_convexity import hessian
 from optuna_convexity._pruner import ConvexityPruner
 from optuna_convexity._recovery import fail_running_trials
@@ -36,13 +41,18 @@ from optuna_convexity._report import is_screening
 from optuna_convexity._report import record_mu
 from optuna_convexity._report import report_convexity
 from optuna_convexity._sampler import ConvexitySampler
-from optuna_convexity._sampler import ScreeningWaitError
+from optuna_convexity._state import ScreeningWaitError
 from optuna_convexity._summary import leaderboard
 from optuna_convexity._summary import Promotion
 from optuna_convexity._summary import RoundSummary
 from optuna_convexity._summary import ScreenedCandidate
 from optuna_convexity._summary import summarize
 from optuna_convexity._version import __version__
+
+
+# The dashboard follows the search from every worker: the search tells its listeners, and
+# never imports the dashboard (the arrow runs from the presentation to the search).
+_listeners.subscribe(_dashboard.refresh)
 
 
 __all__ = [

@@ -1,10 +1,17 @@
-"""Names of the trial attributes the search writes (``user_attrs``, shown by optuna-dashboard).
+"""The trial attributes the search writes (``user_attrs``, shown by optuna-dashboard), and
+their readers: the one place that says what a trial's attributes mean.
 
-These names and their types are part of the public contract: dashboards, notebooks and the
-tests of users' own tooling may rely on them.
+The *names* and their types are public: the package docstring and the README list them as
+the contract that dashboards, notebooks and the tests of users' own tooling may rely on (a
+test keeps those tables equal to this module). The module itself is private: code of the
+package reads a trial through the readers below, never by re-deriving a rule.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
+from typing import Protocol
 
 
 #: ``"screening"``, ``"promoted"``, or ``"withdrawn"`` (a trial that gave its promotion back
@@ -40,3 +47,61 @@ EXCLUDED = "convexity:excluded"
 PHASE_SCREENING = "screening"
 PHASE_PROMOTED = "promoted"
 PHASE_WITHDRAWN = "withdrawn"
+
+
+class _HasAttrs(Protocol):
+    """A trial, frozen or running: what the readers need of it."""
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+
+def is_scored(trial: _HasAttrs) -> bool:
+    """Whether the trial computed ``MU`` itself (a retry inherits the attempt's, see
+    ``SCORED_BY``)."""
+    return trial.user_attrs.get(SCORED_BY) == trial.number
+
+
+def recorded_mu(trial: _HasAttrs) -> float | None:
+    """The score the trial recorded itself: ``None`` if it recorded none, ``nan`` if it was
+    not finite."""
+    if not is_scored(trial):
+        return None
+    mu = trial.user_attrs.get(MU)
+    return float(mu) if mu is not None else math.nan
+
+
+def mu_problem(mu: float | None) -> str | None:
+    """Why a recorded score cannot rank a candidate, or ``None`` if it can."""
+    if mu is None:
+        return "no mu recorded"
+    if not math.isfinite(mu):
+        return "mu is not finite"
+    if mu <= 0:
+        return "mu is not positive"
+    return None
+
+
+def reported_value(trial: Any) -> float | None:
+    """The last value the objective reported (a screening trial's one-epoch value: the value
+    the criteria rank by); ``None`` if it reported none or it was not finite."""
+    if not trial.intermediate_values:
+        return None
+    value = trial.intermediate_values[max(trial.intermediate_values)]
+    return float(value) if math.isfinite(value) else None
+
+
+def train_loss(trial: _HasAttrs) -> float | None:
+    """The mean training loss recorded with the score (``None`` if none was recorded)."""
+    loss = trial.user_attrs.get(TRAIN_LOSS)
+    return float(loss) if loss is not None else None
+
+
+def final_value(trial: Any) -> float | None:
+    """A trial's result: its value if it has one, else the last value it reported."""
+    if trial.value is not None:
+        return float(trial.value)
+    return reported_value(trial)

@@ -1,6 +1,8 @@
 """Keep optuna-dashboard's view of a convexity search up to date (the ``dashboard`` extra).
 
-The sampler calls :func:`refresh` when it decides a promotion and when a promoted trial ends.
+The package root subscribes :func:`refresh` as a listener of the search (see
+:mod:`optuna_convexity._listeners`), so every worker calls it when it decides a promotion and
+when a promoted trial ends; the search itself never imports this module.
 It keeps a section of the study note (the leaderboard of :func:`optuna_convexity.leaderboard`,
 under :data:`NOTE_HEADING`; anything written above that heading is kept) and two figures,
 :func:`~optuna_convexity.visualization.plot_screening` and
@@ -51,10 +53,12 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from optuna_convexity._listeners import Finishing
+from optuna_convexity._summary import leaderboard
+from optuna_convexity._summary import summarize
+
 
 _logger = logging.getLogger(__name__)
-
-Finishing = tuple[FrozenTrial, TrialState, Sequence[float] | None]
 
 #: The heading of the study note's section that the search rewrites; text above it is kept.
 NOTE_HEADING = "## Convexity search"
@@ -83,7 +87,7 @@ def refresh(study: optuna.Study, finishing: Finishing | None = None) -> None:
     """
     try:
         import optuna_dashboard
-    except ImportError:
+    except ImportError:  # the ``dashboard`` extra is not installed
         _logger.debug("optuna-dashboard is not installed: no dashboard note or figures.")
         return
     from optuna_convexity.visualization import _plotly_imports
@@ -133,11 +137,8 @@ class _Item:
 
 
 def _build(view: optuna.Study, stored_note: str, figures: bool) -> dict[str, _Item]:
-    from optuna_convexity._summary import leaderboard
-    from optuna_convexity._summary import summarize
-
     items = {_NOTE_KEY: _Item(_note_body(stored_note, leaderboard(view)))}
-    if figures:
+    if figures:  # the figures' code loads at the first refresh, not with the package
         from optuna_convexity.visualization._mu_vs_value import _get_mu_vs_value_info
         from optuna_convexity.visualization._mu_vs_value import _get_mu_vs_value_plot
         from optuna_convexity.visualization._screening import _get_screening_info

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-import warnings
-
 import optuna
-from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from optuna_convexity import _state
 from optuna_convexity._roles import assign_roles
-from optuna_convexity._sampler import ConvexitySampler
 
 
 def fail_running_trials(study: optuna.Study) -> list[int]:
@@ -39,30 +35,22 @@ def fail_running_trials(study: optuna.Study) -> list[int]:
             study = optuna.load_study(study_name="search", storage=storage, sampler=sampler)
             optuna_convexity.fail_running_trials(study)  # every worker is stopped
     """
-    sampler = study.sampler
-    if not isinstance(sampler, ConvexitySampler):
+    config = _state.sampler_config(study)
+    if config is None:
         raise ValueError(
             "fail_running_trials needs the study's ConvexitySampler to tell promotions apart: "
             "load the study with sampler=ConvexitySampler(n_screening, n_promoted, ...)."
         )
     storage = study._storage
     trials = storage.get_all_trials(study._study_id, deepcopy=False)
-    roles = assign_roles(trials, sampler.n_screening, sampler.n_promoted, sampler.asynchronous)
+    roles = assign_roles(trials, config.n_screening, config.n_promoted, config.asynchronous)
     failed = []
     for trial in trials:
-        if trial.state != TrialState.RUNNING:
-            continue
-        try:
-            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
+        if trial.state != TrialState.RUNNING or not _state.fail(study, trial):
             continue
         failed.append(trial.number)
         role = roles.get(trial.number)
-        if role is not None and role.phase == "promoted":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.RetryHeartbeatStaleTrialCallback()(
-                    study, copy.deepcopy(storage.get_trial(trial._trial_id))
-                )
+        if role is not None and role.phase == "promoted":  # its worker was stopped
+            limit = _state.retry_limit(None, started=False, promotion_retries=0)
+            _state.requeue(study, storage.get_trial(trial._trial_id), limit)
     return failed

@@ -20,6 +20,7 @@ from optuna_convexity.hessian import BaseHessianNormEstimator
 from optuna_convexity.hessian import LastLayer
 from optuna_convexity.hessian import LossFunction
 from optuna_convexity.hessian import strong_convexity
+from optuna_convexity.hessian import StrongConvexity
 
 
 def is_screening(trial: BaseTrial | FrozenTrial) -> bool:
@@ -101,19 +102,16 @@ def report_convexity(
         raise optuna.TrialPruned(f"withdrawn: {trial.user_attrs.get(_attrs.EXCLUDED, '')}")
     if not is_screening(trial):
         return None
-    if trial.user_attrs.get(_attrs.SCORED_BY) == trial.number:
-        recorded = trial.user_attrs.get(_attrs.MU)
-        mu = float(recorded) if recorded is not None else math.nan
+    recorded = _attrs.recorded_mu(trial)
+    if recorded is not None:
+        mu = recorded
     else:
-        sampler = trial.study.sampler if isinstance(trial, Trial) else None
-        chosen = estimator
-        if chosen is None:
-            chosen = sampler.estimator if isinstance(sampler, ConvexitySampler) else "last_layer"
-        result = strong_convexity(
+        result = score(
+            trial,
             model,
             loader,
             loss_fn,
-            estimator=chosen,
+            estimator=estimator,
             last_layer=last_layer,
             max_batches=max_batches,
             max_examples=max_examples,
@@ -134,6 +132,33 @@ def report_convexity(
     if end_trial:
         raise optuna.TrialPruned(f"screening trial scored: mu = {mu:.6g}")
     return mu
+
+
+def score(
+    trial: BaseTrial,
+    model: nn.Module,
+    loader: Iterable[Any],
+    loss_fn: LossFunction,
+    *,
+    estimator: str | BaseHessianNormEstimator | None,
+    last_layer: LastLayer,
+    max_batches: int | None,
+    max_examples: int | None,
+) -> StrongConvexity:
+    """Compute ``trial``'s score (without recording it) with ``estimator`` if given, else the
+    sampler's, else ``"last_layer"`` (a trial outside a study, e.g. ``FixedTrial``)."""
+    if estimator is None:
+        sampler = trial.study.sampler if isinstance(trial, Trial) else None
+        estimator = sampler.estimator if isinstance(sampler, ConvexitySampler) else "last_layer"
+    return strong_convexity(
+        model,
+        loader,
+        loss_fn,
+        estimator=estimator,
+        last_layer=last_layer,
+        max_batches=max_batches,
+        max_examples=max_examples,
+    )
 
 
 def record_mu(

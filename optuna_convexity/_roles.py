@@ -17,7 +17,7 @@ of threads, processes and restarts agree without talking to each other:
 
 A round's screening is *closed* once all its slots exist and none of its candidates can change
 any more; its ranking is then final (and frozen in the study's system attributes the first
-time a worker decides it, see :class:`ConvexitySampler`). If a round has fewer valid
+time a worker decides it, see :mod:`._state`). If a round has fewer valid
 candidates than promotions, the trials holding the surplus ranks become extra screening
 candidates of the next round instead: no full-budget trial runs without a candidate.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import datetime
-import math
 from typing import Literal
 
 from optuna.trial import FrozenTrial
@@ -132,6 +131,17 @@ def foreign_trials(trials: Sequence[FrozenTrial]) -> list[int]:
     ]
 
 
+def exclusion_reason(trial: FrozenTrial, state: TrialState) -> str | None:
+    """Why a screening trial that ends in ``state`` cannot be promoted (``None`` if it can):
+    recorded in its ``convexity:excluded`` attribute when it ends."""
+    scored = _attrs.is_scored(trial)
+    if state == TrialState.FAIL:
+        return "failed" + (" after scoring" if scored else " before scoring")
+    if not scored:
+        return "pruned before scoring" if state == TrialState.PRUNED else "no mu recorded"
+    return _attrs.mu_problem(_attrs.recorded_mu(trial))
+
+
 @dataclasses.dataclass
 class Candidate:
     """One screened configuration: its first trial and any retries of it."""
@@ -150,11 +160,7 @@ class Candidate:
     @property
     def mu(self) -> float | None:
         """The score of the final attempt, if that attempt computed one itself."""
-        final = self.final
-        if final.user_attrs.get(_attrs.SCORED_BY) != final.number:
-            return None
-        mu = final.user_attrs.get(_attrs.MU)
-        return float(mu) if mu is not None else math.nan
+        return _attrs.recorded_mu(self.final)
 
     @property
     def exclusion(self) -> str | None:
@@ -167,14 +173,7 @@ class Candidate:
             return str(recorded)
         if final.state == TrialState.FAIL:
             return "failed (its worker stopped without reporting)"
-        mu = self.mu
-        if mu is None:
-            return "no mu recorded"
-        if not math.isfinite(mu):
-            return "mu is not finite"
-        if mu <= 0:
-            return "mu is not positive"
-        return None
+        return _attrs.mu_problem(self.mu)
 
 
 def candidates_of_round(
@@ -217,24 +216,13 @@ def awaited(
     return pending
 
 
-def reported_value(trial: FrozenTrial) -> float | None:
-    """The last value the objective reported (a screening trial's one-epoch value)."""
-    if not trial.intermediate_values:
-        return None
-    value = trial.intermediate_values[max(trial.intermediate_values)]
-    return float(value) if math.isfinite(value) else None
-
-
 def signals(candidate: Candidate) -> _criteria.Signals:
     """What a valid candidate's screening recorded, as the criteria see it."""
     mu = candidate.mu
     assert mu is not None
-    loss = candidate.final.user_attrs.get(_attrs.TRAIN_LOSS)
+    final = candidate.final
     return _criteria.Signals(
-        candidate.root,
-        mu,
-        reported_value(candidate.final),
-        float(loss) if loss is not None else None,
+        candidate.root, mu, _attrs.reported_value(final), _attrs.train_loss(final)
     )
 
 

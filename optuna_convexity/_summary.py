@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
-import datetime
 import math
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
+from optuna_convexity import _state
 from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import candidates_of_round
-from optuna_convexity._roles import is_queued_promotion
 from optuna_convexity._roles import ranking
 from optuna_convexity._roles import Resolution
-from optuna_convexity._roles import resolve
-from optuna_convexity._sampler import CONFIG_KEY
-from optuna_convexity._sampler import ConvexitySampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,38 +63,6 @@ class RoundSummary:
         return {p.parent for p in self.promotions}
 
 
-def _configuration(study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[int, int]:
-    sampler = study.sampler
-    if isinstance(sampler, ConvexitySampler):
-        return sampler.n_screening, sampler.n_promoted
-    stored = _stored_config(study)
-    if stored is not None:
-        return int(stored["n_screening"]), int(stored["n_promoted"])
-    # A study from before the settings were stored: infer them from the trials' attributes.
-    slots = [t.user_attrs.get(_attrs.SLOT) for t in trials]
-    ranks = [t.user_attrs.get(_attrs.RANK) for t in trials]
-    n_screening = max((s for s in slots if isinstance(s, int)), default=-1) + 1
-    n_promoted = max((r for r in ranks if isinstance(r, int)), default=0)
-    if n_screening < 1 or n_promoted < 1:
-        raise ValueError(
-            f"Study {study.study_name!r} has no trials of a ConvexitySampler search yet."
-        )
-    return n_screening, n_promoted
-
-
-def _stored_config(study: optuna.Study) -> dict[str, Any] | None:
-    config = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY)
-    return dict(config) if isinstance(config, dict) else None
-
-
-def _last_value(trial: FrozenTrial) -> float | None:
-    if trial.value is not None:
-        return float(trial.value)
-    if trial.intermediate_values:
-        return float(trial.intermediate_values[max(trial.intermediate_values)])
-    return None
-
-
 def summarize(study: optuna.Study) -> list[RoundSummary]:
     """The rounds of a :class:`ConvexitySampler` search, from the study's storage.
 
@@ -116,16 +78,9 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
                 print(round_.round, [c.mu for c in round_.candidates])
     """
     trials = study.get_trials(deepcopy=False)
-    n_screening, n_promoted = _configuration(study, trials)
-    sampler = study.sampler
-    stored = _stored_config(study) or {}
-    if isinstance(sampler, ConvexitySampler):
-        criterion, asynchronous = sampler.criterion, sampler.asynchronous
-    else:
-        criterion = stored.get("criterion", "mu")
-        asynchronous = bool(
-            stored.get("asynchronous", any(is_queued_promotion(t) for t in trials))
-        )
+    config = _state.config_of(study, trials)
+    n_screening, n_promoted = config.n_screening, config.n_promoted
+    criterion, asynchronous = config.criterion, config.asynchronous
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     if asynchronous:  # no barrier: every round is ranked as it stands
         roles = assign_roles(trials, n_screening, n_promoted, asynchronous=True)
@@ -138,17 +93,7 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
             [],
         )
     else:
-        resolution = resolve(
-            trials,
-            n_screening,
-            n_promoted,
-            frozen=ConvexitySampler._frozen_rankings(study),
-            retries_expected=False,
-            retry_grace=datetime.timedelta(0),
-            now=datetime.datetime.now(),
-            criterion=criterion,
-            maximize=maximize,
-        )
+        resolution = _state.resolve(study, trials, config)
     promotions: dict[int, dict[int, Promotion]] = {}
     for trial in trials:
         if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_PROMOTED:
@@ -160,7 +105,7 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
             parent=int(trial.user_attrs[_attrs.PARENT]),
             mu=float(mu) if mu is not None else None,
             state=trial.state,
-            value=_last_value(trial),
+            value=_attrs.final_value(trial),
         )
         by_rank = promotions.setdefault(int(trial.user_attrs[_attrs.ROUND]), {})
         previous = by_rank.get(promotion.rank)
@@ -194,7 +139,7 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
                 state=c.final.state,
                 params=dict(c.final.params),
                 mu=c.mu,
-                value=_last_value(c.final),
+                value=_attrs.reported_value(c.final),
                 screening_rank=ranks.get(c.root),
                 excluded=c.exclusion,
             )

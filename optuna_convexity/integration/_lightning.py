@@ -4,27 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterable
-from collections.abc import Iterator
-from collections.abc import Mapping
-from collections.abc import Sequence
-import math
 from typing import Any
 
 import optuna
 from optuna.trial import BaseTrial
-from optuna.trial import Trial
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
-    from lightning.pytorch.strategies import DDPStrategy
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-    from lightning.pytorch.strategies import SingleDeviceStrategy
-    from lightning.pytorch.strategies.xla import XLAStrategy
 except ImportError as error:  # pragma: no cover - exercised without the extra installed
     raise ImportError(
         "optuna_convexity.integration.lightning needs PyTorch Lightning (the 'lightning' "
@@ -34,14 +23,16 @@ except ImportError as error:  # pragma: no cover - exercised without the extra i
 
 from optuna_convexity import _attrs
 from optuna_convexity._report import is_screening
-from optuna_convexity._report import record_mu
 from optuna_convexity._report import report_convexity
-from optuna_convexity._sampler import ConvexitySampler
 from optuna_convexity.hessian import BaseHessianNormEstimator
 from optuna_convexity.hessian import get_estimator
 from optuna_convexity.hessian import LastLayer
 from optuna_convexity.hessian import LossFunction
-from optuna_convexity.hessian import strong_convexity
+from optuna_convexity.integration._lightning_scoring import batches
+from optuna_convexity.integration._lightning_scoring import check_trainer
+from optuna_convexity.integration._lightning_scoring import model_and_loss
+from optuna_convexity.integration._lightning_scoring import score_distributed
+from optuna_convexity.integration._lightning_scoring import stored
 
 
 #: ``Callback`` hooks passed on to ``pruning_callback`` outside screening trials (the hooks
@@ -339,10 +330,8 @@ class ConvexityCallback(Callback):
                 return trainer.callback_metrics["val_acc"].item()
         """
         if self._screening:
-            attrs = _stored_user_attrs(self._trial)
-            if attrs.get(_attrs.SCORED_BY) == self._trial.number:
-                recorded = attrs.get(_attrs.MU)
-                mu = float(recorded) if recorded is not None else math.nan
+            mu = _attrs.recorded_mu(stored(self._trial))
+            if mu is not None:
                 raise optuna.TrialPruned(f"screening trial scored after one epoch: mu = {mu:.6g}")
             if self._fit_started:
                 problem = (
@@ -370,8 +359,9 @@ class ConvexityCallback(Callback):
         self._scored_epoch = None
         self._pruned = None
         if self._screening:
-            self._check_trainer(trainer)
-            self._resolve(pl_module)  # a missing attribute fails now, not after an epoch
+            check_trainer(trainer, self._trial)
+            # A missing attribute fails now, not after an epoch of training.
+            model_and_loss(pl_module, self._model, self._loss_fn)
         self._forward("on_fit_start", trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -426,154 +416,25 @@ class ConvexityCallback(Callback):
             self._pruned = str(pruned) or f"pruned by {type(self._pruning_callback).__name__}"
             trainer.should_stop = True
 
-    def _check_trainer(self, trainer: pl.Trainer) -> None:
-        strategy = trainer.strategy
-        supported = isinstance(strategy, SingleDeviceStrategy) or (
-            isinstance(strategy, DDPStrategy)
-            and not isinstance(strategy, (DeepSpeedStrategy, XLAStrategy))
-        )
-        if not supported:
-            raise ValueError(
-                f"ConvexityCallback cannot score a screening trial under "
-                f"{type(strategy).__name__}: each process holds only part of the model. Run "
-                'screening trials on one device or with DDP, e.g. strategy="ddp_spawn" if '
-                "optuna_convexity.is_screening(trial) else your strategy."
-            )
-        if trainer.world_size > 1 and isinstance(
-            getattr(self._trial, "storage", None), optuna.storages.InMemoryStorage
-        ):
-            raise ValueError(
-                f"Under a multi-process strategy (world size {trainer.world_size}) the trial's "
-                "storage must be shared between processes, or the score written by rank 0 is "
-                "lost: create the study with an RDB storage (storage='sqlite:///study.db') or "
-                "an optuna.storages.JournalStorage."
-            )
-        min_epochs = trainer.min_epochs
-        if min_epochs is not None and min_epochs > 1:
-            raise ValueError(
-                f"Trainer(min_epochs={min_epochs}) keeps a screening trial training past its "
-                "first epoch. Set it for the other trials only, e.g. min_epochs=None if "
-                f"optuna_convexity.is_screening(trial) else {min_epochs}."
-            )
-
-    def _resolve(self, pl_module: pl.LightningModule) -> tuple[nn.Module, LossFunction]:
-        if isinstance(self._model, str):
-            try:
-                model = pl_module.get_submodule(self._model)
-            except AttributeError:
-                raise ValueError(
-                    f"{type(pl_module).__name__} has no submodule {self._model!r}; pass model= "
-                    "the name of a submodule (see named_modules()) or the module itself."
-                ) from None
-        else:
-            model = self._model if self._model is not None else pl_module
-        loss_fn = self._loss_fn
-        if isinstance(loss_fn, str):
-            found = getattr(pl_module, loss_fn, None)
-            if not callable(found):
-                raise ValueError(
-                    f"loss_fn={loss_fn!r} names no callable attribute of "
-                    f"{type(pl_module).__name__}; pass the loss itself (e.g. "
-                    "torch.nn.functional.cross_entropy) or the name of the attribute holding it."
-                )
-            loss_fn = found
-        return model, loss_fn
-
-    def _batches(self, trainer: pl.Trainer) -> tuple[Iterable[Any], int | None]:
-        """The batches to score, prepared as for training, and at most how many."""
-        limit = self._max_batches
-        loader: Any = self._dataloader
-        if loader is None:
-            loader = trainer.train_dataloader
-            if _is_collection_of_loaders(loader):
-                raise ValueError(
-                    "The trainer has several training dataloaders; ConvexityCallback scores "
-                    "one. Pass dataloader= the one to score (or any iterable of batches)."
-                )
-            if loader is None:
-                raise RuntimeError("The trainer has no training dataloader to score.")
-            per_epoch = trainer.num_training_batches
-            if isinstance(per_epoch, int) or (
-                isinstance(per_epoch, float) and math.isfinite(per_epoch)
-            ):
-                limit = int(per_epoch) if limit is None else min(limit, int(per_epoch))
-        return _PreparedBatches(trainer, loader, self._batch_fn), limit
-
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        model, loss_fn = self._resolve(pl_module)
-        batches, max_batches = self._batches(trainer)
+        model, loss_fn = model_and_loss(pl_module, self._model, self._loss_fn)
+        prepared, max_batches = batches(
+            trainer, self._dataloader, self._batch_fn, self._max_batches
+        )
+        options: dict[str, Any] = {
+            "estimator": self._estimator,
+            "last_layer": self._last_layer,
+            "max_batches": max_batches,
+            "max_examples": self._max_examples,
+        }
         with trainer.precision_plugin.forward_context():
             if trainer.world_size == 1:
                 mu = report_convexity(
-                    self._trial,
-                    model,
-                    batches,
-                    loss_fn,
-                    estimator=self._estimator,
-                    last_layer=self._last_layer,
-                    max_batches=max_batches,
-                    max_examples=self._max_examples,
-                    end_trial=False,
+                    self._trial, model, prepared, loss_fn, end_trial=False, **options
                 )
             else:
-                mu = self._score_distributed(trainer, model, batches, loss_fn, max_batches)
+                mu = score_distributed(trainer, self._trial, model, prepared, loss_fn, **options)
         self._mu = mu
-
-    def _score_distributed(
-        self,
-        trainer: pl.Trainer,
-        model: nn.Module,
-        batches: Iterable[Any],
-        loss_fn: LossFunction,
-        max_batches: int | None,
-    ) -> float:
-        """Every rank scores its shard; the supremum over all ranks is recorded by rank 0."""
-        trial = self._trial
-        if trial.user_attrs.get(_attrs.SCORED_BY) == trial.number:  # as report_convexity does
-            recorded = trial.user_attrs.get(_attrs.MU)
-            return float(recorded) if recorded is not None else math.nan
-        estimator = self._estimator
-        if estimator is None:  # as report_convexity chooses it
-            sampler = trial.study.sampler if isinstance(trial, Trial) else None
-            if isinstance(sampler, ConvexitySampler):
-                estimator = sampler.estimator
-            else:
-                estimator = "last_layer"
-        result = strong_convexity(
-            model,
-            batches,
-            loss_fn,
-            estimator=estimator,
-            last_layer=self._last_layer,
-            max_batches=max_batches,
-            max_examples=self._max_examples,
-        )
-        local = torch.tensor(
-            [
-                result.mu if math.isfinite(result.mu) else -math.inf,
-                float(result.n_batches),
-                float(result.n_nonfinite),
-                result.loss * result.n_examples,
-                float(result.n_examples),
-            ],
-            dtype=torch.float64,
-            device=trainer.strategy.root_device,
-        )
-        gathered = [torch.empty_like(local) for _ in range(trainer.world_size)]
-        torch.distributed.all_gather(gathered, local)
-        table = torch.stack(gathered).cpu()
-        best = float(table[:, 0].max())
-        mu = best if math.isfinite(best) else math.nan
-        if trainer.is_global_zero:
-            record_mu(
-                trial,
-                mu,
-                estimator=result.estimator,
-                n_batches=int(table[:, 1].sum()),
-                n_nonfinite_batches=int(table[:, 2].sum()),
-                train_loss=float(table[:, 3].sum() / table[:, 4].sum()),
-            )
-        return mu
 
 
 def _forwarder(hook: str) -> Callable[..., None]:
@@ -590,42 +451,6 @@ for _hook in _FORWARDED_HOOKS:
         setattr(ConvexityCallback, _hook, _forwarder(_hook))
 
 
-class _PreparedBatches:
-    """The loader's batches, prepared as the fit loop prepares training batches."""
-
-    def __init__(
-        self, trainer: pl.Trainer, loader: Iterable[Any], batch_fn: Callable[[Any], Any] | None
-    ) -> None:
-        self._trainer = trainer
-        self._loader = loader
-        self._batch_fn = batch_fn
-
-    def __iter__(self) -> Iterator[Any]:
-        trainer = self._trainer
-        module = trainer.lightning_module
-        for batch in self._loader:
-            batch = trainer.precision_plugin.convert_input(batch)
-            # The fit loop's own steps: on_before_batch_transfer (of the module or the
-            # datamodule), then transfer_batch_to_device and on_after_batch_transfer.
-            batch = module._on_before_batch_transfer(batch, dataloader_idx=0)
-            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
-            yield self._batch_fn(batch) if self._batch_fn is not None else batch
-
-
 def _monitor_of(callback: Callback | None) -> str | None:
     monitor = getattr(callback, "monitor", None)
     return monitor if isinstance(monitor, str) else None
-
-
-def _is_collection_of_loaders(loader: Any) -> bool:
-    if isinstance(loader, Mapping):
-        return True
-    return isinstance(loader, Sequence) and any(isinstance(item, DataLoader) for item in loader)
-
-
-def _stored_user_attrs(trial: BaseTrial) -> dict[str, Any]:
-    """The trial's user attributes as stored now (a ``Trial`` caches them, and under
-    ``ddp_spawn`` another process wrote the score)."""
-    if isinstance(trial, Trial):
-        return trial.storage.get_trial(trial._trial_id).user_attrs
-    return trial.user_attrs

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.study import Study
 
-from optuna_convexity._summary import _configuration
+from optuna_convexity._state import config_of
 from optuna_convexity._summary import _number
 from optuna_convexity._summary import _params
 from optuna_convexity._summary import RoundSummary
@@ -76,7 +76,7 @@ def _get_screening_info(
         summaries = summarize(study)
     if not summaries:
         return _ScreeningInfo([], [], 0, True)
-    _, n_promoted = _configuration(study, study.get_trials(deepcopy=False))
+    n_promoted = config_of(study).n_promoted
     points: list[_ScreeningPoint] = []
     cut_offs: list[_CutOff] = []
     n_without_mu = 0

@@ -14,6 +14,7 @@ _OURS = (
     "optuna_convexity.integration",
     "optuna_convexity.integration.lightning",
     "optuna_convexity.integration._lightning",
+    "optuna_convexity.integration._lightning_scoring",
 )
 
 
