@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
+import math
 from typing import get_args
 from typing import Literal
+
+import numpy as np
 
 
 Criterion = Literal["mu", "mu_in_better_half", "value", "train_loss", "high_mu_in_better_half"]
@@ -135,3 +138,105 @@ def better_half(signals: Sequence[Signals], maximize: bool) -> set[int]:
         for s in signals
         if s.value is not None and (sign * s.value < cut or (with_ties and sign * s.value == cut))
     }
+
+
+#: How far against its premise a signal must rank the promoted candidates before it is
+#: reported as such: a Spearman correlation of at least this size with the wrong sign...
+AGAINST_PREMISE_RHO = 0.5
+#: ... over at least this many finished promotions (fewer say too little).
+PREMISE_MIN_PROMOTED = 5
+
+#: The direction in which each criterion expects ``mu`` to predict the full-budget result:
+#: -1 for "a lower mu is better", +1 for "a higher mu is better", 0 if it does not read mu.
+MU_PREMISE: dict[str, int] = {
+    "mu": -1,
+    "mu_in_better_half": -1,
+    "high_mu_in_better_half": 1,
+    "value": 0,
+    "train_loss": 0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PremiseCheck:
+    """How well the screening signals ranked the full-budget results of a round's promotions.
+
+    Each ``rho`` is Spearman's correlation between a signal and the promoted trials' final
+    quality (their value, negated when the study minimizes), over ``n`` finished promotions.
+    """
+
+    criterion: str
+    n: int
+    #: ``mu`` against the final quality: negative if flatter candidates ended better.
+    rho_mu: float
+    #: The one-epoch value's quality against the final quality.
+    rho_value: float
+
+    @property
+    def against_premise(self) -> bool:
+        """Whether ``mu`` ranked the results clearly opposite to the criterion's premise."""
+        direction = MU_PREMISE[self.criterion]
+        return (
+            direction != 0
+            and self.n >= PREMISE_MIN_PROMOTED
+            and direction * self.rho_mu <= -AGAINST_PREMISE_RHO
+        )
+
+    def describe(self) -> str:
+        """One sentence on what the round's promotions say about the criterion's premise."""
+        text = (
+            f"Over {self.n} finished promotions, Spearman's rho of mu with the final result is "
+            f"{_signed(self.rho_mu)} and of the one-epoch value {_signed(self.rho_value)}"
+        )
+        if not self.against_premise:
+            return text + "."
+        expected = "lower" if MU_PREMISE[self.criterion] < 0 else "higher"
+        other = "'high_mu_in_better_half' or 'value'" if expected == "lower" else "'value'"
+        return (
+            f"{text}: criterion {self.criterion!r} promotes {expected} mu first, but here "
+            f"{expected} mu went with worse results. Consider criterion={other}."
+        )
+
+
+def premise_check(
+    promoted: Sequence[tuple[Signals, float]], criterion: str, maximize: bool
+) -> PremiseCheck:
+    """Check a round's ranking against the results: ``promoted`` pairs each finished
+    promotion's screening signals with its full-budget value."""
+    validate(criterion)
+    sign = 1.0 if maximize else -1.0
+    quality = [sign * value for _, value in promoted]
+    with_value = [
+        (sign * s.value, q) for (s, _), q in zip(promoted, quality) if s.value is not None
+    ]
+    return PremiseCheck(
+        criterion,
+        len(promoted),
+        spearman([s.mu for s, _ in promoted], quality),
+        spearman([v for v, _ in with_value], [q for _, q in with_value]),
+    )
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); ``nan`` if undefined."""
+    if len(x) != len(y) or len(x) < 3:
+        return math.nan
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    if float(np.std(rx)) == 0.0 or float(np.std(ry)) == 0.0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _average_ranks(values: Sequence[float]) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    order = np.argsort(array, kind="stable")
+    ranks = np.empty(len(array))
+    ranks[order] = np.arange(len(array), dtype=float)
+    for value in np.unique(array):
+        tied = array == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def _signed(rho: float) -> str:
+    return "undefined" if math.isnan(rho) else f"{rho:+.2f}"

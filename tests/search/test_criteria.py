@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 import torch
@@ -149,3 +151,33 @@ def test_promotion_order_helper_matches_the_library_on_ties() -> None:
             key=lambda t: t.user_attrs[_attrs.RANK],
         )
     ]
+
+
+def test_premise_check_flags_mu_ranking_against_the_criterion() -> None:
+    """Flatter candidates that end worse run against 'mu'; the same data supports the reverse."""
+    signals = [_criteria.Signals(root=i, mu=0.1 * (i + 1), value=0.1 * i) for i in range(6)]
+    finals = [0.50 + 0.05 * i for i in range(6)]  # the higher mu, the better the final value
+    pairs = list(zip(signals, finals))
+    against = _criteria.premise_check(pairs, "mu", maximize=True)
+    assert (against.n, against.rho_mu, against.rho_value) == (
+        6,
+        pytest.approx(1.0),
+        pytest.approx(1.0),
+    )
+    assert against.against_premise
+    assert "criterion 'mu' promotes lower mu first" in against.describe()
+    assert not _criteria.premise_check(
+        pairs, "high_mu_in_better_half", maximize=True
+    ).against_premise
+    assert not _criteria.premise_check(pairs, "value", maximize=True).against_premise
+    # minimizing: the same finals are now worse the higher they are, so 'mu' is supported
+    assert not _criteria.premise_check(pairs, "mu", maximize=False).against_premise
+    # too few promotions say too little
+    assert not _criteria.premise_check(pairs[:4], "mu", maximize=True).against_premise
+
+
+def test_spearman_matches_scipy_with_ties() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    x, y = [1.0, 2.0, 2.0, 3.0, 5.0, 4.0], [1.0, 3.0, 2.0, 4.0, 4.0, 6.0]
+    assert _criteria.spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic)
+    assert math.isnan(_criteria.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
