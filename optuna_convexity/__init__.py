@@ -33,6 +33,7 @@ names are the public contract (defined once, with their readers, in ``_attrs``):
 
 from optuna_convexity import _dashboard
 from optuna_convexity import _listeners
+from optuna_convexity import _summary
 from optuna_convexity import hessian
 from optuna_convexity._pruner import ConvexityPruner
 from optuna_convexity._recovery import fail_running_trials
@@ -53,6 +54,8 @@ from optuna_convexity._version import __version__
 # The dashboard follows the search from every worker: the search tells its listeners, and
 # never imports the dashboard (the arrow runs from the presentation to the search).
 _listeners.subscribe(_dashboard.refresh)
+# The worker that completes a round's last promotion logs how its criterion's premise held.
+_listeners.subscribe(_summary.log_premise)
 
 
 __all__ = [

@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import datetime
+import math
+from typing import Any
 from typing import Literal
 
 from optuna.trial import FrozenTrial
@@ -307,3 +309,75 @@ def _fresh_count(trials: Sequence[FrozenTrial]) -> int:
     return sum(
         1 for t in trials if RETRY_OF not in t.system_attrs and FIXED_PARAMS not in t.system_attrs
     )
+
+
+def premise_check(
+    trials: Sequence[FrozenTrial],
+    round_number: int,
+    criterion: str,
+    maximize: bool,
+    finishing: tuple[FrozenTrial, TrialState, Sequence[float] | None] | None = None,
+) -> _criteria.PremiseCheck | None:
+    """How the screening signals ranked the results of a round's completed promotions.
+
+    ``finishing`` is a promoted trial being told right now (not stored as finished yet), with
+    its final state and values. ``None`` if no promotion of the round has completed.
+    """
+    by_number = {t.number: t for t in trials}
+    results: dict[int, tuple[int, float]] = {}  # rank -> (parent, full-budget value)
+    for trial in trials:
+        state, values = trial.state, trial.values
+        if finishing is not None and trial.number == finishing[0].number:
+            state, values = finishing[1], finishing[2]
+        if (
+            trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_PROMOTED
+            or trial.user_attrs.get(_attrs.ROUND) != round_number
+            or state != TrialState.COMPLETE
+            or not values
+            or not math.isfinite(values[0])
+        ):
+            continue
+        results[int(trial.user_attrs[_attrs.RANK])] = (
+            int(trial.user_attrs[_attrs.PARENT]),
+            float(values[0]),
+        )
+    pairs = []
+    for parent_number, value in results.values():
+        parent = by_number.get(parent_number)
+        mu = _attrs.recorded_mu(parent) if parent is not None else None
+        if parent is None or mu is None or not math.isfinite(mu):
+            continue
+        signals = _criteria.Signals(
+            parent.number, mu, _attrs.reported_value(parent), _attrs.train_loss(parent)
+        )
+        pairs.append((signals, value))
+    if not pairs:
+        return None
+    return _criteria.premise_check(pairs, criterion, maximize)
+
+
+def last_promotion_premise(
+    trials: Sequence[FrozenTrial],
+    finishing: tuple[FrozenTrial, TrialState, Sequence[float] | None],
+    n_ranks: int,
+    criterion: str,
+    maximize: bool,
+) -> _criteria.PremiseCheck | None:
+    """The round's :func:`premise_check` if ``finishing`` is the last of its ``n_ranks``
+    promotions to finish (every rank has a finished attempt and none is pending), else
+    ``None``."""
+    trial = finishing[0]
+    round_number = trial.user_attrs[_attrs.ROUND]
+    finished: set[Any] = {trial.user_attrs[_attrs.RANK]}
+    pending: set[Any] = set()
+    for t in trials:
+        if (
+            t.number == trial.number
+            or t.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_PROMOTED
+            or t.user_attrs.get(_attrs.ROUND) != round_number
+        ):
+            continue
+        (finished if t.state.is_finished() else pending).add(t.user_attrs[_attrs.RANK])
+    if pending or not set(range(1, n_ranks + 1)) <= finished:
+        return None
+    return premise_check(trials, int(round_number), criterion, maximize, finishing)

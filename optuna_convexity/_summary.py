@@ -11,10 +11,17 @@ from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
 from optuna_convexity import _state
+from optuna_convexity._criteria import PremiseCheck
+from optuna_convexity._listeners import Finishing
 from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import candidates_of_round
+from optuna_convexity._roles import last_promotion_premise
+from optuna_convexity._roles import premise_check
 from optuna_convexity._roles import ranking
 from optuna_convexity._roles import Resolution
+
+
+_logger = optuna.logging.get_logger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +64,9 @@ class RoundSummary:
     promotions: list[Promotion]
     #: Ranks with no valid candidate left; their trials screened for the next round.
     unfilled_ranks: list[int]
+    #: How well ``mu`` and the one-epoch value ranked the completed promotions' results
+    #: (``None`` before a promotion of the round completes).
+    premise: PremiseCheck | None = None
 
     @property
     def promoted_numbers(self) -> set[int]:
@@ -157,9 +167,36 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
                     if round_number in resolution.rankings
                     else []
                 ),
+                premise=premise_check(trials, round_number, criterion, maximize),
             )
         )
     return summaries
+
+
+def log_premise(study: optuna.Study, finishing: Finishing | None = None) -> None:
+    """A listener of the search: when a round's last promotion completes, log how well
+    ``mu`` and the one-epoch value ranked the full-budget results, as a warning if ``mu`` ran
+    against the criterion's premise (the same sentence the leaderboard shows)."""
+    if finishing is None or finishing[1] != TrialState.COMPLETE:
+        return
+    trial = finishing[0]
+    if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_PROMOTED:
+        return
+    config = _state.config_of(study)
+    round_number = int(trial.user_attrs[_attrs.ROUND])
+    ranking = _state.frozen_rankings(study).get(round_number)
+    if config.asynchronous or ranking is None:  # no last promotion: see summarize() instead
+        return
+    check = last_promotion_premise(
+        study.get_trials(deepcopy=False),
+        finishing,
+        min(config.n_promoted, len(ranking)),
+        config.criterion,
+        study.direction == optuna.study.StudyDirection.MAXIMIZE,
+    )
+    if check is not None:
+        log = _logger.warning if check.against_premise else _logger.info
+        log(f"Round {round_number} of the convexity search: {check.describe()}")
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -233,6 +270,12 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
                 )
             for rank in summary.unfilled_ranks:
                 lines.append(f"| {rank} | - | - | - | no valid candidate left | - |")
+        if summary.premise is not None:
+            warning = (
+                "**Against the criterion's premise.** " if summary.premise.against_premise else ""
+            )
+            lines.append("")
+            lines.append(f"Premise check: {warning}{summary.premise.describe()}")
         lines.append("")
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if completed:

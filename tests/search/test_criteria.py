@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import optuna
@@ -181,3 +182,45 @@ def test_spearman_matches_scipy_with_ties() -> None:
     x, y = [1.0, 2.0, 2.0, 3.0, 5.0, 4.0], [1.0, 3.0, 2.0, 4.0, 4.0, 6.0]
     assert _criteria.spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic)
     assert math.isnan(_criteria.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+
+
+@pytest.mark.parametrize(
+    ("criterion", "against"), [("mu", True), ("high_mu_in_better_half", False)]
+)
+def test_a_finished_round_reports_its_premise_in_the_log_and_the_leaderboard(
+    criterion: str, against: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Here a higher mu goes with a better full-budget value: against the paper's premise."""
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if optuna_convexity.is_screening(trial):
+            optuna_convexity.record_mu(trial, 0.1 + x)
+            trial.report(x, 0)
+            raise optuna.TrialPruned()
+        return x
+
+    sampler = optuna_convexity.ConvexitySampler(
+        12,
+        6,
+        seed=0,
+        criterion=criterion,  # type: ignore[arg-type]
+        **FAST,  # type: ignore[arg-type]
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    optuna.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.INFO, logger="optuna_convexity"):
+            study.optimize(objective, n_trials=18)
+    finally:
+        optuna.logging.disable_propagation()
+    messages = [r for r in caplog.records if "Round 0 of the convexity search" in r.getMessage()]
+    assert len(messages) == 1  # once, when the round's last promotion completes
+    assert "rho of mu with the final result is +1.00" in messages[0].getMessage()
+    assert (messages[0].levelno == logging.WARNING) is against
+    (summary,) = optuna_convexity.summarize(study)
+    assert summary.premise is not None and summary.premise.n == 6
+    assert summary.premise.against_premise is against
+    board = optuna_convexity.leaderboard(study)
+    assert "Premise check:" in board
+    assert ("Against the criterion's premise" in board) is against
