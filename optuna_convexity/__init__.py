@@ -26,7 +26,7 @@ names are the public contract (defined once, with their readers, in ``_attrs``):
 ``convexity:n_nonfinite_batches``         batches left out as non-finite (int)
 ``convexity:scored_by``                   trial number that computed ``mu`` (int)
 ``convexity:parent``                      promoted: the screening trial rerun (int)
-``convexity:rank``                        promoted: 1 = flattest (int)
+``convexity:rank``                        promoted: 1 = ranked first (int)
 ``convexity:excluded``                    why a candidate cannot be promoted (str)
 ========================================  ===================================================
 """

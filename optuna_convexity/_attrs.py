@@ -39,7 +39,7 @@ N_BATCHES = "convexity:n_batches"
 N_NONFINITE_BATCHES = "convexity:n_nonfinite_batches"
 #: Promoted trials: the number of the screening trial whose parameters they use.
 PARENT = "convexity:parent"
-#: Promoted trials: the rank of the parent among the round's candidates, 1 = flattest.
+#: Promoted trials: the rank of the parent in the round's promotion order, 1 = ranked first.
 RANK = "convexity:rank"
 #: Screening trials that cannot be promoted, and withdrawn trials: why, in words.
 EXCLUDED = "convexity:excluded"

@@ -55,7 +55,7 @@ class Role:
     round: int
     #: Screening: position in the round (``None`` for enqueued extras). Promoted: ``None``.
     slot: int | None
-    #: Promoted: 1 for the flattest candidate. Screening: ``None``.
+    #: Promoted: 1 for the candidate the criterion ranks first. Screening: ``None``.
     rank: int | None
     #: The number of the trial that first held this role (a retry shares its original's).
     root: int
@@ -245,7 +245,7 @@ class Resolution:
     roles: dict[int, Role]
     #: The candidates of every round looked at, in trial order.
     candidates: dict[int, list[Candidate]]
-    #: Rankings (valid candidates, flattest first) of the closed rounds.
+    #: Rankings (valid candidates in promotion order) of the closed rounds.
     rankings: dict[int, list[Candidate]]
     #: The first round whose screening is not closed, and what it waits for.
     open_round: int | None
@@ -266,7 +266,7 @@ def resolve(
 ) -> Resolution:
     """Close rounds in order, rank them and hand surplus promotion slots to the next round.
 
-    ``frozen`` maps a round to a ranking decided before (trial numbers, flattest first); it
+    ``frozen`` maps a round to a ranking decided before (trial numbers in promotion order); it
     wins over recomputation, so that a retry arriving after the decision cannot change it.
     """
     roles = assign_roles(trials, n_screening, n_promoted)
