@@ -169,7 +169,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the search")
     parser.add_argument("--estimator", default="last_layer")
     parser.add_argument(
-        "--criterion", default="mu_in_better_half", choices=["mu_in_better_half", "mu"]
+        "--criterion",
+        default=None,
+        help="promotion criterion (default: the sampler's); 'mu' is the paper's rule",
     )
     parser.add_argument(
         "--pruning", action="store_true", help="prune promoted trials (needs optuna-integration)"
@@ -198,7 +200,7 @@ def main() -> None:
             n_promoted=args.n_promoted,
             seed=seed,
             estimator=args.estimator,
-            criterion=args.criterion,
+            **({"criterion": args.criterion} if args.criterion else {}),
         ),
         pruner=optuna_convexity.ConvexityPruner(
             optuna.pruners.MedianPruner(n_warmup_steps=2) if args.pruning else None
