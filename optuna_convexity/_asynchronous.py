@@ -19,8 +19,6 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
-from optuna_convexity import _state
-from optuna_convexity._listeners import notify
 from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import Candidate
 from optuna_convexity._roles import candidates_of_round
@@ -28,14 +26,13 @@ from optuna_convexity._roles import is_queued_promotion
 from optuna_convexity._roles import ranking
 from optuna_convexity._roles import RETRY_OF
 from optuna_convexity._state import SearchConfig
+from optuna_convexity._state import Start
 
 
 _logger = optuna.logging.get_logger(__name__)
 
 
-def start_queued_promotion(
-    study: Study, trial: FrozenTrial, trials: Sequence[FrozenTrial]
-) -> None:
+def start_queued_promotion(trial: FrozenTrial, trials: Sequence[FrozenTrial]) -> Start:
     """Run the queued promotion, unless another trial queued the same one first (then
     withdraw this copy)."""
     parent = trial.user_attrs.get(_attrs.PARENT)
@@ -45,18 +42,18 @@ def start_queued_promotion(
         if is_queued_promotion(t) and t.user_attrs.get(_attrs.PARENT) == parent
     ]
     if copies and min(copies) != trial.number and RETRY_OF not in trial.system_attrs:
-        _state.withdraw(
-            study,
+        return Start.withdrawn(
             trial,
             f"duplicates the promotion of trial {parent} queued as trial {min(copies)}",
-            requeue_role=False,
+            requeue=False,
         )
-        return
-    _logger.info(
-        f"Trial {trial.number} is promoted (asynchronous): it reruns screening trial "
-        f"{parent} at the full budget."
+    return Start(
+        message=(
+            f"Trial {trial.number} is promoted (asynchronous): it reruns screening trial "
+            f"{parent} at the full budget."
+        ),
+        announce=True,
     )
-    notify(study)
 
 
 def promote(

@@ -4,7 +4,8 @@ their readers: the one place that says what a trial's attributes mean.
 The *names* and their types are public: the package docstring and the README list them as
 the contract that dashboards, notebooks and the tests of users' own tooling may rely on (a
 test keeps those tables equal to this module). The module itself is private: code of the
-package reads a trial through the readers below, never by re-deriving a rule.
+package reads a trial through the readers below, never by re-deriving a rule, and writes one
+through :func:`set_attrs`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any
 from typing import Protocol
+
+from optuna.study import Study
+from optuna.trial import FrozenTrial
 
 
 #: ``"screening"``, ``"promoted"``, or ``"withdrawn"`` (a trial that gave its promotion back
@@ -105,3 +109,13 @@ def final_value(trial: Any) -> float | None:
     if trial.value is not None:
         return float(trial.value)
     return reported_value(trial)
+
+
+def set_attrs(study: Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
+    """Write a trial's attributes, the phase last."""
+    # Each attribute is its own write, and readers in other processes key on the phase:
+    # write it last, so that a trial with a phase always has the rest.
+    for key, value in sorted(attrs.items(), key=lambda item: item[0] == PHASE):
+        study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        # The Trial object caches this FrozenTrial; keep trial.user_attrs in step.
+        trial.user_attrs[key] = value

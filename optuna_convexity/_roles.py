@@ -121,6 +121,16 @@ def assign_roles(
     return roles
 
 
+def cleared_inheritance(trial: FrozenTrial) -> dict[str, None]:
+    """Optuna's retry copies the attempt's attributes; a screening retry must not keep the
+    score and the exclusion of the attempt it repeats (the attributes to clear)."""
+    if RETRY_OF not in trial.system_attrs:
+        return {}
+    return {
+        key: None for key in (_attrs.MU, _attrs.EXCLUDED) if trial.user_attrs.get(key) is not None
+    }
+
+
 def foreign_trials(trials: Sequence[FrozenTrial]) -> list[int]:
     """Finished trials that the sampler never started (added with ``add_trial``, or run by
     another sampler before): every trial the sampler starts gets a phase before it runs."""

@@ -20,14 +20,15 @@ from optuna_convexity import _asynchronous
 from optuna_convexity import _attrs
 from optuna_convexity import _criteria
 from optuna_convexity import _state
+from optuna_convexity import _waiting
 from optuna_convexity._criteria import Criterion
 from optuna_convexity._listeners import notify
 from optuna_convexity._roles import assign_roles
+from optuna_convexity._roles import cleared_inheritance
 from optuna_convexity._roles import exclusion_reason
-from optuna_convexity._roles import foreign_trials
-from optuna_convexity._roles import Role
 from optuna_convexity._state import ScreeningWaitError
 from optuna_convexity._state import SearchConfig
+from optuna_convexity._state import Start
 from optuna_convexity._waiting import OpenTrials
 from optuna_convexity._waiting import ScreeningBarrier
 from optuna_convexity.hessian import BaseHessianNormEstimator
@@ -318,114 +319,46 @@ class ConvexitySampler(BaseSampler):
         # Optuna's heartbeat thread starts only after this hook returns, and a trial without a
         # heartbeat is never found stale: if its worker dies before then (a promotion can wait
         # here a long time), the trial would stay RUNNING forever. Beat now, and while waiting.
-        _state.record_heartbeat(study, trial)
+        _waiting.beat(study, trial)
         try:
-            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-            self._check_study(study, trials)
-            self._open.warn_if_sqlite_queue(study, trial, trials)
-            self._open.adopt_orphans(study, trials)
-            roles = assign_roles(trials, self.n_screening, self.n_promoted, self.asynchronous)
-            role = roles.get(trial.number)
-            if role is None:
-                raise RuntimeError(
-                    f"Trial {trial.number} retries trial {trial.system_attrs.get('failed_trial')}"
-                    ", which ConvexitySampler did not run; it cannot tell its role."
-                )
-            if role.phase == "screening":
-                attrs: dict[str, Any] = {
-                    _attrs.PHASE: _attrs.PHASE_SCREENING,
-                    _attrs.ROUND: role.round,
-                }
-                if role.slot is not None:
-                    attrs[_attrs.SLOT] = role.slot
-                _state.set_attrs(study, trial, {**attrs, **_state.cleared_inheritance(trial)})
+            start = self._decide_start(study, trial)
+            _state.write_start(study, trial, start)
+            if start.screens:
                 self._screening_sampler.before_trial(study, trial)
-            elif self.asynchronous:
-                _asynchronous.start_queued_promotion(study, trial, trials)
-            else:
-                self._start_promoted(study, trial, role)
-            _state.record_heartbeat(study, trial)  # Optuna's heartbeat thread takes over now
+            _waiting.beat(study, trial)  # Optuna's heartbeat thread takes over now
         except BaseException as error:
             self._open.close(trial)
             _state.abandon(study, trial, error, self.search_config, self.promotion_retries)
             raise
 
-    def _check_study(self, study: Study, trials: Sequence[FrozenTrial]) -> None:
-        if study._is_multi_objective():
-            raise ValueError(
-                "ConvexitySampler supports single-objective studies only: promotion keeps the "
-                "flattest candidates and the best promoted trial is the best on one objective. "
-                "Create the study with a single direction."
-            )
+    def _decide_start(self, study: Study, trial: FrozenTrial) -> Start:
+        """The trial's role, from the stored trials, and how it starts in that role."""
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         key = (id(study._storage), study._study_id)
-        if key not in self._checked_config:
-            _state.check_config(study, self.search_config)
-            self._checked_config.add(key)
-        foreign = foreign_trials(trials)
-        if foreign:
-            shown = ", ".join(map(str, foreign[:10])) + (" ..." if len(foreign) > 10 else "")
-            raise ValueError(
-                f"Study {study.study_name!r} holds finished trials that ConvexitySampler did not "
-                f"run (trial {shown}), e.g. from another sampler or study.add_trial. Its rounds "
-                "are numbered from the study's first trial: run the search in a new study."
+        _state.check_study(
+            study, trials, None if key in self._checked_config else self.search_config
+        )
+        self._checked_config.add(key)
+        self._open.warn_if_sqlite_queue(study, trial, trials)
+        self._open.adopt_orphans(study, trials)
+        roles = assign_roles(trials, self.n_screening, self.n_promoted, self.asynchronous)
+        role = roles.get(trial.number)
+        if role is None:
+            raise RuntimeError(
+                f"Trial {trial.number} retries trial {trial.system_attrs.get('failed_trial')}"
+                ", which ConvexitySampler did not run; it cannot tell its role."
             )
-
-    def _start_promoted(self, study: Study, trial: FrozenTrial, role: Role) -> None:
-        """A trial holding a promotion slot: wait for the round's screening, then take the
-        candidate of its rank, or screen in the next round if no candidate is left."""
-        if _attrs.PHASE in trial.user_attrs:  # a retry: it inherited its original's decision
-            if trial.user_attrs[_attrs.PHASE] == _attrs.PHASE_SCREENING:  # a released slot
-                _state.set_attrs(study, trial, _state.cleared_inheritance(trial))
-                self._screening_sampler.before_trial(study, trial)
-            return
-        assert role.rank is not None
-        resolution = self._barrier.wait(study, trial, role, self.search_config)
-        if role.round not in resolution.rankings:  # screening retries are queued
-            _state.withdraw(
-                study,
-                trial,
-                "gave its promotion slot back so that its worker runs the queued screening "
-                f"retries of round {resolution.open_round}; a copy keeps rank {role.rank}",
-                requeue_role=True,
-            )
-            return
-        ranked = resolution.rankings[role.round]
-        _state.freeze(study, resolution)
-        if role.rank > len(ranked):
-            if role.rank == len(ranked) + 1:
-                excluded = len(resolution.candidates[role.round]) - len(ranked)
-                _logger.warning(
-                    f"Round {role.round} has {len(ranked)} valid candidates for "
-                    f"{self.n_promoted} promotions ({excluded} screening trials were excluded; "
-                    "see their 'convexity:excluded' attribute). The trials holding the other "
-                    f"ranks screen new candidates for round {role.round + 1} instead."
-                )
-            _state.set_attrs(
-                study,
-                trial,
-                {_attrs.PHASE: _attrs.PHASE_SCREENING, _attrs.ROUND: role.round + 1},
-            )
-            self._screening_sampler.before_trial(study, trial)
-            notify(study)
-            return
-        parent = ranked[role.rank - 1]
-        _state.set_attrs(
-            study,
-            trial,
-            {
-                _attrs.PHASE: _attrs.PHASE_PROMOTED,
+        if role.phase == "screening":
+            attrs: dict[str, Any] = {
+                _attrs.PHASE: _attrs.PHASE_SCREENING,
                 _attrs.ROUND: role.round,
-                _attrs.RANK: role.rank,
-                _attrs.PARENT: parent.final.number,
-                _attrs.MU: parent.mu,
-                _attrs.ESTIMATOR: parent.final.user_attrs.get(_attrs.ESTIMATOR),
-            },
-        )
-        _logger.info(
-            f"Trial {trial.number} is promoted rank {role.rank} of round {role.round}: it reruns "
-            f"screening trial {parent.final.number} (mu={parent.mu:.6g}) at the full budget."
-        )
-        notify(study)
+            }
+            if role.slot is not None:
+                attrs[_attrs.SLOT] = role.slot
+            return Start({**attrs, **cleared_inheritance(trial)}, screens=True)
+        if self.asynchronous:
+            return _asynchronous.start_queued_promotion(trial, trials)
+        return self._barrier.start_promoted(study, trial, role, self.search_config)
 
     def after_trial(
         self,

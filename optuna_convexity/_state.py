@@ -5,9 +5,9 @@ writes every worker makes to it.
   :data:`CONFIG_KEY`), and where any reader finds them (:func:`config_of`).
 - The frozen ranking of each closed round (:data:`RANKING_KEY`), and resolving the rounds
   from the stored trials with them (:func:`resolve`).
-- Writing a trial's attributes (:func:`set_attrs`), and failing and requeuing trials with
-  one retry policy (:func:`retry_limit`, :func:`fail`, :func:`requeue`, :func:`withdraw`).
-- The storage's heartbeat, as far as the search uses it.
+- Refusing a study the search cannot run in (:func:`check_study`).
+- Starting a trial as decided (:class:`Start`, :func:`write_start`), and failing and
+  requeuing trials with one retry policy (:func:`retry_limit`, :func:`fail`, :func:`requeue`).
 
 It imports nothing above the pure round logic (:mod:`._roles`): the sampler, the reports and
 the recovery read the stored state from here.
@@ -33,9 +33,10 @@ from optuna_convexity import _attrs
 from optuna_convexity import _criteria
 from optuna_convexity import _roles
 from optuna_convexity._criteria import Criterion
+from optuna_convexity._listeners import notify
+from optuna_convexity._roles import foreign_trials
 from optuna_convexity._roles import is_queued_promotion
 from optuna_convexity._roles import Resolution
-from optuna_convexity._roles import RETRY_OF
 
 
 _logger = optuna.logging.get_logger(__name__)
@@ -98,6 +99,27 @@ def check_config(study: Study, config: SearchConfig) -> None:
             f"worker's ConvexitySampler differs in {different} (stored, this worker). Every "
             "worker of a study must use the same n_screening, n_promoted, criterion and "
             "asynchronous, or they would disagree about which trial does what."
+        )
+
+
+def check_study(study: Study, trials: Sequence[FrozenTrial], config: SearchConfig | None) -> None:
+    """Refuse a study the search cannot run in; ``config``, this worker's settings, is stored
+    in the study or compared with the stored settings (``None``: this worker did so already)."""
+    if study._is_multi_objective():
+        raise ValueError(
+            "ConvexitySampler supports single-objective studies only: promotion keeps the "
+            "flattest candidates and the best promoted trial is the best on one objective. "
+            "Create the study with a single direction."
+        )
+    if config is not None:
+        check_config(study, config)
+    foreign = foreign_trials(trials)
+    if foreign:
+        shown = ", ".join(map(str, foreign[:10])) + (" ..." if len(foreign) > 10 else "")
+        raise ValueError(
+            f"Study {study.study_name!r} holds finished trials that ConvexitySampler did not "
+            f"run (trial {shown}), e.g. from another sampler or study.add_trial. Its rounds "
+            "are numbered from the study's first trial: run the search in a new study."
         )
 
 
@@ -169,11 +191,12 @@ def resolve(
     retry_grace: datetime.timedelta = datetime.timedelta(0),
 ) -> Resolution:
     """The rounds as far as the stored trials and the frozen rankings decide them."""
+    frozen = frozen_rankings(study)
     return _roles.resolve(
         trials,
         config.n_screening,
         config.n_promoted,
-        frozen=frozen_rankings(study),
+        frozen=frozen,
         retries_expected=retries_expected,
         retry_grace=retry_grace,
         now=datetime.datetime.now(),
@@ -182,27 +205,49 @@ def resolve(
     )
 
 
-# -- writing a trial ------------------------------------------------------------------------
+# -- starting a trial ----------------------------------------------------------------------
 
 
-def set_attrs(study: Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
-    """Write a trial's attributes, the phase last."""
-    # Each attribute is its own write, and readers in other processes key on the phase:
-    # write it last, so that a trial with a phase always has the rest.
-    for key, value in sorted(attrs.items(), key=lambda item: item[0] == _attrs.PHASE):
-        study._storage.set_trial_user_attr(trial._trial_id, key, value)
-        # The Trial object caches this FrozenTrial; keep trial.user_attrs in step.
-        trial.user_attrs[key] = value
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """How a trial starts, decided from the stored state (by the sampler, the barrier or the
+    asynchronous promotion) and written by :func:`write_start`."""
+
+    #: The attributes the trial takes, the phase among them (none: it keeps those it has).
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The screening sampler proposes the trial's parameters.
+    screens: bool = False
+    #: Closed rounds whose rankings are frozen before the trial takes its rank.
+    resolution: Resolution | None = None
+    #: A withdrawn trial gives its role to a copy of it, queued first.
+    requeue: bool = False
+    #: Logged once the start is written.
+    message: str | None = None
+    #: A promotion was decided: the listeners are told.
+    announce: bool = False
+
+    @classmethod
+    def withdrawn(cls, trial: FrozenTrial, reason: str, *, requeue: bool) -> Start:
+        """End the trial before it runs anything: it is pruned at its first suggestion (or
+        its first ``should_prune()``), and, with ``requeue``, a copy keeps its role."""
+        return cls(
+            {_attrs.PHASE: _attrs.PHASE_WITHDRAWN, _attrs.EXCLUDED: reason},
+            requeue=requeue,
+            message=f"Trial {trial.number} is withdrawn: it {reason}.",
+        )
 
 
-def cleared_inheritance(trial: FrozenTrial) -> dict[str, Any]:
-    """Optuna's retry copies the attempt's attributes; a screening retry must not keep the
-    score and the exclusion of the attempt it repeats."""
-    if RETRY_OF not in trial.system_attrs:
-        return {}
-    return {
-        key: None for key in (_attrs.MU, _attrs.EXCLUDED) if trial.user_attrs.get(key) is not None
-    }
+def write_start(study: Study, trial: FrozenTrial, start: Start) -> None:
+    """Write what :class:`Start` decided: the rankings, the copy, the attributes."""
+    if start.resolution is not None:
+        freeze(study, start.resolution)
+    if start.requeue:
+        requeue(study, study._storage.get_trial(trial._trial_id), None)
+    _attrs.set_attrs(study, trial, start.attrs)
+    if start.message is not None:
+        _logger.info(start.message)
+    if start.announce:
+        notify(study)
 
 
 # -- failing and requeuing: one retry policy ------------------------------------------------
@@ -306,34 +351,3 @@ def requeue_failed_promotion(study: Study, trial: FrozenTrial, promotion_retries
         f"Promoted trial {trial.number} (rank {rank}) failed; a copy with the same parameters "
         "is queued."
     )
-
-
-def withdraw(study: Study, trial: FrozenTrial, reason: str, requeue_role: bool) -> None:
-    """End the trial before it runs anything: it is pruned at its first suggestion (or its
-    first ``should_prune()``), and, with ``requeue_role``, a copy keeps its role."""
-    if requeue_role:
-        requeue(study, study._storage.get_trial(trial._trial_id), None)
-    set_attrs(study, trial, {_attrs.PHASE: _attrs.PHASE_WITHDRAWN, _attrs.EXCLUDED: reason})
-    _logger.info(f"Trial {trial.number} is withdrawn: it {reason}.")
-
-
-# -- the storage's heartbeat ----------------------------------------------------------------
-
-
-def heartbeat_interval(storage: Any) -> int | None:
-    """The storage's heartbeat interval, or ``None`` if it has no heartbeat (Optuna's
-    ``RDBStorage(heartbeat_interval=...)``, directly or behind its cache)."""
-    getter = getattr(storage, "get_heartbeat_interval", None)
-    return getter() if callable(getter) else None
-
-
-def record_heartbeat(study: Study, trial: FrozenTrial) -> None:
-    """Record a heartbeat for the trial through Optuna's storage API, if it has heartbeats."""
-    if heartbeat_interval(study._storage) is not None:
-        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
-
-
-def retry_callback(storage: Any) -> Any:
-    """The storage's callback for stale trials (e.g. ``RetryHeartbeatStaleTrialCallback``)."""
-    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None)
-    return getter() if callable(getter) else None

@@ -1,11 +1,12 @@
 """The waiting barrier of the synchronous search, and its liveness checks.
 
 A trial holding a promotion slot waits, polling the storage with growing intervals, until the
-screening of its round is closed (:class:`ScreeningBarrier`). While it waits it keeps the
-search alive: it beats its heartbeat, gives orphaned trials one heartbeat so that Optuna can
-find them stale (:meth:`OpenTrials.adopt_orphans`), refuses to wait for trials that its own
-thread asked for and has not told, and warns about screening trials that seem stuck on a
-storage without heartbeat.
+screening of its round is closed, then takes the candidate of its rank
+(:meth:`ScreeningBarrier.start_promoted`). While it waits it keeps the search alive: it beats
+its heartbeat (:func:`beat`), gives orphaned trials one heartbeat so that Optuna can find them
+stale (:meth:`OpenTrials.adopt_orphans`), refuses to wait for trials that its own thread asked
+for and has not told, and warns about screening trials that seem stuck on a storage without
+heartbeat.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from optuna.trial import TrialState
 from optuna_convexity import _attrs
 from optuna_convexity import _state
 from optuna_convexity._roles import Candidate
+from optuna_convexity._roles import cleared_inheritance
 from optuna_convexity._roles import FIXED_PARAMS
 from optuna_convexity._roles import Resolution
 from optuna_convexity._roles import RETRY_OF
 from optuna_convexity._roles import Role
 from optuna_convexity._state import ScreeningWaitError
 from optuna_convexity._state import SearchConfig
+from optuna_convexity._state import Start
 
 
 _logger = optuna.logging.get_logger(__name__)
@@ -42,6 +45,25 @@ _logger = optuna.logging.get_logger(__name__)
 _RETRY_GRACE = datetime.timedelta(seconds=60)
 #: How often a waiting worker logs that it is still waiting.
 _LOG_EVERY_SECONDS = 30.0
+
+
+def heartbeat_interval(storage: Any) -> int | None:
+    """The storage's heartbeat interval, or ``None`` if it has no heartbeat (Optuna's
+    ``RDBStorage(heartbeat_interval=...)``, directly or behind its cache)."""
+    getter = getattr(storage, "get_heartbeat_interval", None)
+    return getter() if callable(getter) else None
+
+
+def retry_callback(storage: Any) -> Any:
+    """The storage's callback for stale trials (e.g. ``RetryHeartbeatStaleTrialCallback``)."""
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None)
+    return getter() if callable(getter) else None
+
+
+def beat(study: Study, trial: FrozenTrial) -> None:
+    """Record a heartbeat for the trial through Optuna's storage API, if it has heartbeats."""
+    if heartbeat_interval(study._storage) is not None:
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
 
 
 class OpenTrials:
@@ -87,7 +109,7 @@ class OpenTrials:
         an ordinary stale trial after the grace period (Optuna then fails it and its retry
         callback requeues it). A live trial is unaffected: its own worker keeps beating.
         """
-        if _state.heartbeat_interval(study._storage) is None:
+        if heartbeat_interval(study._storage) is None:
             return
         ours = self.ids()
         for other in trials:
@@ -151,19 +173,71 @@ class ScreeningBarrier:
         self._stale_warning = float(stale_warning)
         self._open = open_trials
 
+    def start_promoted(
+        self, study: Study, trial: FrozenTrial, role: Role, config: SearchConfig
+    ) -> Start:
+        """A trial holding a promotion slot: wait for the round's screening, then take the
+        candidate of its rank, or screen in the next round if no candidate is left."""
+        if _attrs.PHASE in trial.user_attrs:  # a retry: it inherited its original's decision
+            released = trial.user_attrs[_attrs.PHASE] == _attrs.PHASE_SCREENING
+            return Start(cleared_inheritance(trial) if released else {}, screens=released)
+        assert role.rank is not None
+        resolution = self.wait(study, trial, role, config)
+        if role.round not in resolution.rankings:  # screening retries are queued
+            return Start.withdrawn(
+                trial,
+                "gave its promotion slot back so that its worker runs the queued screening "
+                f"retries of round {resolution.open_round}; a copy keeps rank {role.rank}",
+                requeue=True,
+            )
+        ranked = resolution.rankings[role.round]
+        if role.rank > len(ranked):
+            if role.rank == len(ranked) + 1:
+                excluded = len(resolution.candidates[role.round]) - len(ranked)
+                _logger.warning(
+                    f"Round {role.round} has {len(ranked)} valid candidates for "
+                    f"{config.n_promoted} promotions ({excluded} screening trials were "
+                    "excluded; see their 'convexity:excluded' attribute). The trials holding "
+                    f"the other ranks screen new candidates for round {role.round + 1} instead."
+                )
+            return Start(
+                {_attrs.PHASE: _attrs.PHASE_SCREENING, _attrs.ROUND: role.round + 1},
+                screens=True,
+                resolution=resolution,
+                announce=True,
+            )
+        parent = ranked[role.rank - 1]
+        return Start(
+            {
+                _attrs.PHASE: _attrs.PHASE_PROMOTED,
+                _attrs.ROUND: role.round,
+                _attrs.RANK: role.rank,
+                _attrs.PARENT: parent.final.number,
+                _attrs.MU: parent.mu,
+                _attrs.ESTIMATOR: parent.final.user_attrs.get(_attrs.ESTIMATOR),
+            },
+            resolution=resolution,
+            message=(
+                f"Trial {trial.number} is promoted rank {role.rank} of round {role.round}: it "
+                f"reruns screening trial {parent.final.number} (mu={parent.mu:.6g}) at the full "
+                "budget."
+            ),
+            announce=True,
+        )
+
     def wait(
         self, study: Study, trial: FrozenTrial, role: Role, config: SearchConfig
     ) -> Resolution:
         """Poll the storage, with growing intervals, until the rounds up to the trial's are
         closed, or a retry of a dead screening trial is queued (see the caller)."""
         storage = study._storage
-        heartbeat_interval = _state.heartbeat_interval(storage)
-        heartbeat = heartbeat_interval is not None
-        retries_expected = heartbeat and _state.retry_callback(storage) is not None
+        interval_of_storage = heartbeat_interval(storage)
+        heartbeat = interval_of_storage is not None
+        retries_expected = heartbeat and retry_callback(storage) is not None
         started = time.monotonic()
         interval, largest = self._poll_interval
-        if heartbeat_interval is not None:  # beat at least as often as the storage expects
-            largest = min(largest, float(heartbeat_interval))
+        if interval_of_storage is not None:  # beat at least as often as the storage expects
+            largest = min(largest, float(interval_of_storage))
             interval = min(interval, largest)
         last_log = -math.inf
         warned: set[int] = set()
@@ -204,7 +278,7 @@ class ScreeningBarrier:
             time.sleep(interval)
             interval = min(largest, interval * 1.5)
             if heartbeat:
-                _state.record_heartbeat(study, trial)
+                beat(study, trial)
                 self._open.adopt_orphans(study, trials)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ExperimentalWarning)
