@@ -210,6 +210,7 @@ def main() -> None:
     study.optimize(
         make_objective(args.epochs, args.pruning),
         n_trials=args.rounds * (args.n_screening + args.n_promoted),
+        callbacks=[optuna_convexity.ProgressCallback()],
     )
     elapsed = time.perf_counter() - start
 

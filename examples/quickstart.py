@@ -127,7 +127,10 @@ def main() -> None:
     )
     start = time.perf_counter()
     study.optimize(
-        make_objective(load_data(), args.epochs), n_trials=args.n_screening + args.n_promoted
+        make_objective(load_data(), args.epochs),
+        n_trials=args.n_screening + args.n_promoted,
+        # One live line: round, screened k/N1, promoted k/N2, best so far (quiet in a pipe).
+        callbacks=[optuna_convexity.ProgressCallback()],
     )
     elapsed = time.perf_counter() - start
 

@@ -5,6 +5,8 @@
 - :class:`ConvexityPruner` ends screening trials at the screening fidelity.
 - :func:`report_convexity` is the line to add to an objective; :func:`record_mu` records a
   score computed elsewhere; :func:`is_screening` and :func:`is_promoted` tell the phases apart.
+- :class:`ProgressCallback` shows a search's progress on one live line (``study.optimize``'s
+  ``callbacks``); the ``optuna-convexity`` command prints a stored search's leaderboard.
 - :func:`summarize` and :func:`leaderboard` report the rounds of a search;
   :func:`fail_running_trials` recovers a search on a storage without heartbeat after its
   workers were stopped.
@@ -35,6 +37,7 @@ from optuna_convexity import _dashboard
 from optuna_convexity import _listeners
 from optuna_convexity import _summary
 from optuna_convexity import hessian
+from optuna_convexity._progress import ProgressCallback
 from optuna_convexity._pruner import ConvexityPruner
 from optuna_convexity._recovery import fail_running_trials
 from optuna_convexity._report import is_promoted
@@ -61,6 +64,7 @@ _listeners.subscribe(_summary.log_premise)
 __all__ = [
     "ConvexityPruner",
     "ConvexitySampler",
+    "ProgressCallback",
     "Promotion",
     "RoundSummary",
     "ScreenedCandidate",

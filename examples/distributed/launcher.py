@@ -42,7 +42,11 @@ def main() -> None:
         args.study_name,
         *passed_on,
     ]
-    processes = [subprocess.Popen(command) for _ in range(args.workers)]
+    # Each worker shows its progress on its own line of this terminal.
+    processes = [
+        subprocess.Popen([*command, "--progress-line", str(index)])
+        for index in range(args.workers)
+    ]
     try:
         codes = [process.wait() for process in processes]
     except KeyboardInterrupt:  # Ctrl-C reached the workers too; let them fail their trials

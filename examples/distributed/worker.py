@@ -57,6 +57,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds in the whole study")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--asynchronous", action="store_true")
+    parser.add_argument(
+        "--progress-line",
+        type=int,
+        default=None,
+        help="the terminal line of this worker's progress",
+    )
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,7 +80,10 @@ def main() -> None:
     budget = args.rounds * (args.n_screening + args.n_promoted)
     study.optimize(
         make_objective(load_data(), args.epochs),
-        callbacks=[MaxTrialsCallback(budget, states=None)],
+        callbacks=[
+            MaxTrialsCallback(budget, states=None),
+            optuna_convexity.ProgressCallback(position=args.progress_line),
+        ],
     )
 
 
