@@ -1,12 +1,16 @@
 """Screenshot optuna-dashboard showing a convexity search, with headless Chromium.
 
 Starts the ``optuna-dashboard`` command on a free loopback port, loads the study's page (or
-its note) in headless Chromium, saves a PNG and stops the server. Needs the ``dashboard``
-extra and Chromium (Debian: ``apt-get install chromium``).
+its note, or its trial table) in headless Chromium, saves a PNG and stops the server. Needs the
+``dashboard`` extra and Chromium (Debian: ``apt-get install chromium``); the trial table, which
+is sorted by clicking a column's header, also needs Playwright (``pip install playwright``; it
+drives the Chromium installed, nothing is downloaded).
 
     python examples/quickstart.py                 # the search, saved to quickstart.db
     python examples/dashboard_screenshot.py       # the study page, saved to dashboard.png
     python examples/dashboard_screenshot.py --page note --output note.png
+    python examples/dashboard_screenshot.py --page trials --sort-by convexity:mu \
+        --output trials.png
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+import re
 import shutil
 import socket
 import subprocess
@@ -164,18 +169,95 @@ def screenshot(
     return output
 
 
+def sorted_trial_table(
+    url: str,
+    study: int,
+    column: str,
+    *,
+    chromium_path: str,
+    output: Path | None = None,
+    window_size: str = "1400,900",
+    timeout_ms: int = 60000,
+) -> list[str]:
+    """Sort the trial table by a user attribute; return the column's cells, top to bottom.
+
+    The table (optuna-dashboard's "Smart Selection" page) sorts a column when its header is
+    clicked, which optuna-dashboard offers only when every value of the attribute is a number.
+    With ``output``, the table is saved as a PNG, scrolled so that the column shows.
+    """
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise SystemExit(
+            "Sorting the trial table needs Playwright: pip install playwright"
+        ) from None
+    width, height = (int(v) for v in window_size.split(","))
+    args = ["--disable-gpu", "--disable-quic", "--hide-scrollbars"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=args)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(timeout_ms)
+            page.goto(f"{url}/dashboard/studies/{study}/smartSelection")
+            # The header's name ends with "sorted ascending" (hidden text) if it can sort.
+            name = re.compile(rf"^UserAttribute {re.escape(column)}(\s|$)")
+            header = page.get_by_role("columnheader", name=name)
+            header.wait_for()
+            sort = header.get_by_role("button")
+            if sort.count() == 0:
+                raise SystemExit(
+                    f"optuna-dashboard does not offer to sort by {column}: some trial holds a "
+                    "value that is not a number."
+                )
+            sort.click()
+            # MUI marks the active sort label, and its direction, with classes.
+            header.locator(".Mui-active.MuiTableSortLabel-directionAsc").wait_for()
+            index = header.evaluate("element => element.cellIndex") + 1
+            cells = page.locator(f"table tbody tr td:nth-child({index})").all_inner_texts()
+            if output is not None:  # the header just below the app bar, the column in sight
+                header.evaluate(
+                    "element => { element.scrollIntoView({block: 'start', inline: 'center'});"
+                    " window.scrollBy(0, -80); }"
+                )
+                page.screenshot(path=str(output))
+            return cells
+        finally:
+            browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", default="sqlite:///quickstart.db")
     parser.add_argument("--study-name", default="quickstart")
     parser.add_argument("--output", type=Path, default=Path("dashboard.png"))
-    parser.add_argument("--page", choices=("study", "note"), default="study")
+    parser.add_argument("--page", choices=("study", "note", "trials"), default="study")
+    parser.add_argument(
+        "--sort-by", default="convexity:mu", help="--page trials: the attribute to sort by"
+    )
     parser.add_argument("--window-size", default="1400,1720", help="width,height in pixels")
     parser.add_argument(
         "--budget-ms", type=int, default=15000, help="Chromium's virtual-time budget"
     )
     parser.add_argument("--chromium", default=None, help="the browser (default: on PATH)")
     args = parser.parse_args()
+    if args.page == "trials":
+        chromium_path = args.chromium or find_chromium()
+        if chromium_path is None:
+            raise SystemExit("Chromium is not installed (Debian: apt-get install chromium).")
+        output = args.output.resolve()
+        with dashboard(args.storage) as url:
+            sorted_trial_table(
+                url,
+                study_id(url, args.study_name),
+                args.sort_by,
+                chromium_path=chromium_path,
+                output=output,
+                window_size=args.window_size,
+            )
+        print(f"Saved {output}")
+        return
     saved = screenshot(
         args.storage,
         args.study_name,
