@@ -18,10 +18,12 @@ names are the public contract (defined once, with their readers, in ``_attrs``):
 ========================================  ===================================================
 ``convexity:phase``                       ``"screening"``, ``"promoted"``, or ``"withdrawn"``
                                           (gave its promotion back before running)
+``convexity:promoted``                    1 on promoted trials, 0 on the others (int)
 ``convexity:round``                       round number (int)
 ``convexity:slot``                        screening position in the round (int)
-``convexity:mu``                          score (float, ``None`` if not finite); promoted
-                                          trials carry their parent's
+``convexity:mu``                          score (float; absent if not finite, see
+                                          ``convexity:excluded``); promoted trials carry
+                                          their parent's
 ``convexity:train_loss``                  mean training loss where ``mu`` was computed (float)
 ``convexity:estimator``                   how ``mu`` was computed (str)
 ``convexity:n_batches``                   batches scored (int)

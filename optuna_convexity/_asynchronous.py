@@ -88,14 +88,16 @@ def promote(
             continue
         study.enqueue_trial(
             {},  # no fixed parameters: the sampler hands out the parent's
-            user_attrs={
-                _attrs.PHASE: _attrs.PHASE_PROMOTED,
-                _attrs.ROUND: roles[candidate.root].round,
-                _attrs.RANK: rank,
-                _attrs.PARENT: parent.number,
-                _attrs.MU: candidate.mu,
-                _attrs.ESTIMATOR: parent.user_attrs.get(_attrs.ESTIMATOR),
-            },
+            user_attrs=_attrs.with_companions(
+                {
+                    _attrs.PHASE: _attrs.PHASE_PROMOTED,
+                    _attrs.ROUND: roles[candidate.root].round,
+                    _attrs.RANK: rank,
+                    _attrs.PARENT: parent.number,
+                    _attrs.MU: candidate.mu,
+                    _attrs.ESTIMATOR: parent.user_attrs.get(_attrs.ESTIMATOR),
+                }
+            ),
         )
         _logger.info(
             f"Screening trial {parent.number} (mu={candidate.mu:.6g}) ranks {rank} of "

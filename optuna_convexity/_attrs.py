@@ -27,8 +27,14 @@ ROUND = "convexity:round"
 #: Screening trials: the position (0 to ``n_screening - 1``) in the round; absent for
 #: trials enqueued with ``study.enqueue_trial``, which are screened in addition.
 SLOT = "convexity:slot"
-#: Screening trials: the score, a float (``None`` when it was not finite). Promoted trials:
-#: their parent's score.
+#: ``1`` on promoted trials, ``0`` on screening and withdrawn ones: the phase as a number, for
+#: optuna-dashboard's plots and its sortable trial table (written with ``PHASE``).
+PROMOTED = "convexity:promoted"
+#: Screening trials: the score, a finite float. A score that was not finite leaves the key out
+#: (``EXCLUDED`` says so), so that every value of this attribute is a number and
+#: optuna-dashboard can sort and plot by it. Promoted trials: their parent's score. A retried
+#: screening trial shows the score of the attempt it repeats (Optuna's retry copies the
+#: attributes) until it records its own; ``SCORED_BY`` tells which trial computed it.
 MU = "convexity:mu"
 #: Screening trials: the mean training loss of the model as it was scored, from the same
 #: forward passes (a float; absent when it was not finite or the score came from elsewhere).
@@ -48,9 +54,19 @@ RANK = "convexity:rank"
 #: Screening trials that cannot be promoted, and withdrawn trials: why, in words.
 EXCLUDED = "convexity:excluded"
 
+#: ``EXCLUDED`` of a screening trial whose score was not finite (it has no ``MU`` of its own).
+MU_NOT_FINITE = "mu is not finite"
+
 PHASE_SCREENING = "screening"
 PHASE_PROMOTED = "promoted"
 PHASE_WITHDRAWN = "withdrawn"
+
+
+def with_companions(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` and the numeric companions of what they set: ``PROMOTED`` with ``PHASE``."""
+    if PHASE not in attrs:
+        return attrs
+    return {**attrs, PROMOTED: int(attrs[PHASE] == PHASE_PROMOTED)}
 
 
 class _HasAttrs(Protocol):
@@ -69,13 +85,24 @@ def is_scored(trial: _HasAttrs) -> bool:
     return trial.user_attrs.get(SCORED_BY) == trial.number
 
 
+def score_attrs(trial: _HasAttrs, mu: float) -> dict[str, Any]:
+    """What records ``mu`` as ``trial``'s own score (``SCORED_BY`` is written after it): the
+    score if it is finite; if not, the reason in ``EXCLUDED`` and no ``MU`` (an ``MU`` the
+    trial inherited stays, but no longer counts: see :func:`recorded_mu`)."""
+    if not math.isfinite(mu):
+        return {EXCLUDED: MU_NOT_FINITE}
+    return {MU: float(mu), EXCLUDED: None} if trial.user_attrs.get(EXCLUDED) else {MU: float(mu)}
+
+
 def recorded_mu(trial: _HasAttrs) -> float | None:
     """The score the trial recorded itself: ``None`` if it recorded none, ``nan`` if it was
     not finite."""
     if not is_scored(trial):
         return None
     mu = trial.user_attrs.get(MU)
-    return float(mu) if mu is not None else math.nan
+    if mu is None or trial.user_attrs.get(EXCLUDED) == MU_NOT_FINITE:
+        return math.nan
+    return float(mu)
 
 
 def mu_problem(mu: float | None) -> str | None:
@@ -83,7 +110,7 @@ def mu_problem(mu: float | None) -> str | None:
     if mu is None:
         return "no mu recorded"
     if not math.isfinite(mu):
-        return "mu is not finite"
+        return MU_NOT_FINITE
     if mu <= 0:
         return "mu is not positive"
     return None
@@ -112,9 +139,10 @@ def final_value(trial: Any) -> float | None:
 
 
 def set_attrs(study: Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
-    """Write a trial's attributes, the phase last."""
+    """Write a trial's attributes and their numeric companions, the phase last."""
     # Each attribute is its own write, and readers in other processes key on the phase:
     # write it last, so that a trial with a phase always has the rest.
+    attrs = with_companions(attrs)
     for key, value in sorted(attrs.items(), key=lambda item: item[0] == PHASE):
         study._storage.set_trial_user_attr(trial._trial_id, key, value)
         # The Trial object caches this FrozenTrial; keep trial.user_attrs in step.

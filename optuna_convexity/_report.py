@@ -204,8 +204,8 @@ def record_mu(
         )
     if isinstance(mu, bool) or not isinstance(mu, Real):
         raise ValueError(f"mu must be a real number, got {mu!r} ({type(mu).__name__}).")
-    value = float(mu)
-    trial.set_user_attr(_attrs.MU, value if math.isfinite(value) else None)
+    for key, value in _attrs.score_attrs(trial, float(mu)).items():
+        trial.set_user_attr(key, value)
     trial.set_user_attr(_attrs.ESTIMATOR, str(estimator))
     if n_batches is not None:
         trial.set_user_attr(_attrs.N_BATCHES, int(n_batches))

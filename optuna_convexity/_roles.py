@@ -123,12 +123,12 @@ def assign_roles(
 
 def cleared_inheritance(trial: FrozenTrial) -> dict[str, None]:
     """Optuna's retry copies the attempt's attributes; a screening retry must not keep the
-    score and the exclusion of the attempt it repeats (the attributes to clear)."""
-    if RETRY_OF not in trial.system_attrs:
+    exclusion of the attempt it repeats (the attributes to clear). Its score stays until the
+    retry records its own, but counts only once it does (``SCORED_BY``): a number cannot be
+    cleared without writing a value that is not one, and ``MU`` holds numbers only."""
+    if RETRY_OF not in trial.system_attrs or trial.user_attrs.get(_attrs.EXCLUDED) is None:
         return {}
-    return {
-        key: None for key in (_attrs.MU, _attrs.EXCLUDED) if trial.user_attrs.get(key) is not None
-    }
+    return {_attrs.EXCLUDED: None}
 
 
 def foreign_trials(trials: Sequence[FrozenTrial]) -> list[int]:

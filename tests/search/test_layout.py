@@ -40,7 +40,10 @@ LAYERS = {
     "integration": 6,
     "visualization": 6,
     "_dashboard": 7,
+    "_progress": 7,
+    "_cli": 7,
     "__init__": 8,
+    "__main__": 9,
 }
 
 

@@ -61,7 +61,7 @@ def test_excluded_candidates_carry_the_reason_and_skipped_ranks(
     assert reasons[0] == "failed before scoring"
     assert reasons[1] == "pruned before scoring"
     assert reasons[2] == "mu is not finite"
-    assert study.trials[2].user_attrs[_attrs.MU] is None  # NaN is stored as None (valid JSON)
+    assert _attrs.MU not in study.trials[2].user_attrs  # numbers only: no None, no NaN
     assert reasons[3] == reasons[4] == "mu is not positive"
     assert reasons[5] is reasons[6] is reasons[7] is None
     # Three valid candidates for five promotions: the trials holding ranks 4 and 5 screen
@@ -419,5 +419,73 @@ def test_retry_of_a_released_promotion_slot_screens_afresh() -> None:
     retry = study.ask()
     assert study.trials[retry.number].system_attrs["failed_trial"] == released.number
     assert optuna_convexity.is_screening(retry) and retry.user_attrs[_attrs.ROUND] == 1
-    assert retry.user_attrs.get(_attrs.MU) is None
+    # The attempt's score is shown until the retry records its own, but does not count.
+    assert retry.user_attrs.get(_attrs.MU) == 0.5
+    assert retry.user_attrs[_attrs.SCORED_BY] == released.number
+    assert _attrs.recorded_mu(retry) is None
     assert retry.user_attrs.get(_attrs.EXCLUDED) is None
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_retry_that_scores_nonfinite_does_not_count_the_inherited_score() -> None:
+    """A retry inherits its attempt's ``mu`` (a number cannot be cleared); if the retry's own
+    score is not finite, the inherited one must not make it a valid candidate."""
+    study = _study(2, 1)
+
+    def scores(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1.0, 1.0)
+        if optuna_convexity.is_screening(trial):
+            optuna_convexity.record_mu(trial, 2.0)
+            raise optuna.TrialPruned()
+        return x
+
+    first = study.ask()
+    first.suggest_float("x", -1.0, 1.0)
+    optuna_convexity.record_mu(first, 0.5)
+    study.tell(first, state=TrialState.FAIL)  # its worker crashed after scoring
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study.trials[first.number])
+    retry = study.ask()
+    assert retry.user_attrs[_attrs.MU] == 0.5  # inherited
+    retry.suggest_float("x", -1.0, 1.0)
+    optuna_convexity.record_mu(retry, math.nan)  # this time the score diverges
+    assert _attrs.recorded_mu(retry) is not None and math.isnan(_attrs.recorded_mu(retry))
+    study.tell(retry, state=TrialState.PRUNED)
+    study.optimize(scores, n_trials=2)  # the second screening slot, then the promotion
+    stored = study.trials[retry.number]
+    assert stored.user_attrs[_attrs.EXCLUDED] == "mu is not finite"
+    (promoted,) = [t for t in study.trials if optuna_convexity.is_promoted(t)]
+    assert promoted.user_attrs[_attrs.PARENT] == 2  # not the retry, whose own score diverged
+    assert promoted.user_attrs[_attrs.PROMOTED] == 1
+
+
+def test_numeric_attributes_hold_numbers_only() -> None:
+    """optuna-dashboard sorts and plots an attribute only if every value is a number."""
+    study = _study(4, 2)
+
+    def diverging(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1.0, 1.0)
+        if optuna_convexity.is_screening(trial):
+            slot = trial.user_attrs.get(_attrs.SLOT)
+            optuna_convexity.record_mu(trial, {0: math.inf, 1: math.nan}.get(slot, x + 2.0))
+            raise optuna.TrialPruned()
+        return x
+
+    study.optimize(diverging, n_trials=6)
+    numeric = (_attrs.MU, _attrs.PROMOTED, _attrs.ROUND, _attrs.SLOT, _attrs.RANK, _attrs.PARENT)
+    for trial in study.trials:
+        for key in numeric:
+            value = trial.user_attrs.get(key)
+            assert (
+                (value is None
+                and key not in trial.user_attrs)
+                or (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                )
+            ), (trial.number, key, value)
+        assert trial.user_attrs[_attrs.PROMOTED] == int(optuna_convexity.is_promoted(trial))
+    for diverged in study.trials[:2]:
+        assert _attrs.MU not in diverged.user_attrs
+        assert diverged.user_attrs[_attrs.EXCLUDED] == "mu is not finite"
+    assert [t.user_attrs[_attrs.PROMOTED] for t in study.trials] == [0, 0, 0, 0, 1, 1]
