@@ -211,9 +211,14 @@ def sorted_trial_table(
                     f"optuna-dashboard does not offer to sort by {column}: some trial holds a "
                     "value that is not a number."
                 )
+            # MUI marks the active sort label, and its direction, with classes. The first click
+            # sorts descending if the first row has no value: click again then.
+            ascending = header.locator(".Mui-active.MuiTableSortLabel-directionAsc")
             sort.click()
-            # MUI marks the active sort label, and its direction, with classes.
-            header.locator(".Mui-active.MuiTableSortLabel-directionAsc").wait_for()
+            header.locator(".Mui-active").wait_for()
+            if ascending.count() == 0:
+                sort.click()
+            ascending.wait_for()
             index = header.evaluate("element => element.cellIndex") + 1
             cells = page.locator(f"table tbody tr td:nth-child({index})").all_inner_texts()
             if output is not None:  # the header just below the app bar, the column in sight

@@ -4,7 +4,9 @@ The package root subscribes :func:`refresh` as a listener of the search (see
 :mod:`optuna_convexity._listeners`), so every worker calls it when it decides a promotion and
 when a promoted trial ends; the search itself never imports this module.
 It keeps a section of the study note (the leaderboard of :func:`optuna_convexity.leaderboard`,
-under :data:`NOTE_HEADING`; anything written above that heading is kept) and two figures,
+under :data:`NOTE_HEADING`; anything written above that heading is kept), a note on each
+promoted trial (what it reruns, its parent's ``mu`` and one-epoch value, and why it was
+promoted: its rank, its tier and the criterion's rule) and two figures,
 :func:`~optuna_convexity.visualization.plot_screening` and
 :func:`~optuna_convexity.visualization.plot_mu_vs_value`.
 
@@ -43,6 +45,8 @@ from collections.abc import Sequence
 import copy
 import dataclasses
 import logging
+import math
+import re
 import threading
 from typing import Any
 
@@ -53,8 +57,12 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from optuna_convexity import _attrs
+from optuna_convexity import _criteria
+from optuna_convexity import _state
 from optuna_convexity._listeners import Finishing
 from optuna_convexity._summary import leaderboard
+from optuna_convexity._summary import RoundSummary
 from optuna_convexity._summary import summarize
 
 
@@ -76,6 +84,10 @@ FINISHING_KEY = "convexity:dashboard:finishing:"
 _MAX_WRITES = 3
 
 _NOTE_KEY = "note"
+#: The key of a promoted trial's note among what the dashboard shows: ``<prefix><trial id>``.
+_TRIAL_NOTE_KEY = "trial-note:"
+#: optuna-dashboard's system attribute holding the version of a trial's note.
+_TRIAL_NOTE_VERSION = re.compile(r"dashboard:(\d+):note_ver")
 _lock = threading.Lock()
 
 
@@ -107,7 +119,12 @@ def refresh(study: optuna.Study, finishing: Finishing | None = None) -> None:
                 stored = readers(system_attrs)
             else:
                 stored = {_NOTE_KEY: optuna_dashboard.get_note(study)}
-            wanted = _build(view, stored[_NOTE_KEY], figures=_plotly_imports.is_available())
+            wanted = _build(
+                view,
+                stored[_NOTE_KEY],
+                figures=_plotly_imports.is_available(),
+                trial_notes=readers is not None,
+            )
             stale = {key: item for key, item in wanted.items() if stored.get(key) != item.text}
             if not stale:
                 return
@@ -116,6 +133,8 @@ def refresh(study: optuna.Study, finishing: Finishing | None = None) -> None:
             for key, item in stale.items():
                 if key == _NOTE_KEY:
                     optuna_dashboard.save_note(study, item.text)
+                elif key.startswith(_TRIAL_NOTE_KEY):
+                    _save_trial_note(study, int(key[len(_TRIAL_NOTE_KEY) :]), item.text)
                 else:
                     optuna_dashboard.save_plotly_graph_object(
                         study, item.figure, graph_object_id=key
@@ -128,6 +147,17 @@ def refresh(study: optuna.Study, finishing: Finishing | None = None) -> None:
     )
 
 
+def _save_trial_note(study: optuna.Study, trial_id: int, text: str) -> None:
+    """``optuna_dashboard.save_note`` for a trial that may have finished (it takes a running
+    ``optuna.Trial``; the note is stored in the study's system attributes either way)."""
+    from optuna_dashboard._note import note_ver_key
+    from optuna_dashboard._note import save_note_with_version
+
+    storage, study_id = study._storage, study._study_id
+    version = int(storage.get_study_system_attrs(study_id).get(note_ver_key(trial_id), 0))
+    save_note_with_version(storage, study_id, trial_id, version + 1, text)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Item:
     """Something the dashboard shows: its stored text, and the figure it is drawn from."""
@@ -136,15 +166,19 @@ class _Item:
     figure: Any = None
 
 
-def _build(view: optuna.Study, stored_note: str, figures: bool) -> dict[str, _Item]:
+def _build(
+    view: optuna.Study, stored_note: str, figures: bool, trial_notes: bool
+) -> dict[str, _Item]:
     items = {_NOTE_KEY: _Item(_note_body(stored_note, leaderboard(view)))}
+    summaries = summarize(view)
+    if trial_notes:
+        items.update(_promotion_notes(view, summaries))
     if figures:  # the figures' code loads at the first refresh, not with the package
         from optuna_convexity.visualization._mu_vs_value import _get_mu_vs_value_info
         from optuna_convexity.visualization._mu_vs_value import _get_mu_vs_value_plot
         from optuna_convexity.visualization._screening import _get_screening_info
         from optuna_convexity.visualization._screening import _get_screening_plot
 
-        summaries = summarize(view)
         names = view.metric_names
         target_name = names[0] if names else "Objective Value"
         for key, figure in (
@@ -156,6 +190,45 @@ def _build(view: optuna.Study, stored_note: str, figures: bool) -> dict[str, _It
         ):
             items[key] = _Item(figure.to_json(), figure)
     return items
+
+
+def _promotion_notes(view: optuna.Study, summaries: list[RoundSummary]) -> dict[str, _Item]:
+    """A note on each promoted trial: what it reruns, its parent's signals, and why."""
+    criterion = _state.config_of(view).criterion
+    names = view.metric_names
+    metric = names[0] if names else "value"
+    rounds = {s.round: s for s in summaries}
+    notes = {}
+    for trial in view.get_trials(deepcopy=False):
+        if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_PROMOTED:
+            continue
+        rank, parent = trial.user_attrs[_attrs.RANK], trial.user_attrs[_attrs.PARENT]
+        summary = rounds.get(trial.user_attrs[_attrs.ROUND])
+        candidates = summary.candidates if summary is not None else []
+        candidate = next((c for c in candidates if c.number == parent), None)
+        lines = [
+            f"### Promoted: rank {rank} of round {trial.user_attrs[_attrs.ROUND]}",
+            "",
+            f"Reruns screening trial {parent} with its parameters at the full budget.",
+            "",
+            f"- mu of trial {parent}: {_shown(trial.user_attrs.get(_attrs.MU))} "
+            f"({trial.user_attrs.get(_attrs.ESTIMATOR) or 'estimator unknown'})",
+        ]
+        if candidate is not None:
+            valid = sum(1 for c in candidates if c.screening_rank is not None)
+            tier = f", in the {candidate.tier}" if candidate.tier else ""
+            lines += [
+                f"- one-epoch {metric} of trial {parent}: {_shown(candidate.value)}",
+                f"- why: it ranks {candidate.screening_rank} of the round's {valid} valid "
+                f'candidates{tier}, by `criterion="{criterion}"`: '
+                f"{_criteria.describe(criterion)}.",
+            ]
+        notes[f"{_TRIAL_NOTE_KEY}{trial._trial_id}"] = _Item("\n".join(lines) + "\n")
+    return notes
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.6g}"
 
 
 def _note_body(stored: str, board: str) -> str:
@@ -186,6 +259,11 @@ def _dashboard_readers() -> Callable[[dict[str, Any]], dict[str, str]] | None:
     def read(system_attrs: dict[str, Any]) -> dict[str, str]:
         stored: dict[str, str] = dict(get_plotly_graph_objects(system_attrs))
         stored[_NOTE_KEY] = str(get_note_from_system_attrs(system_attrs, None)["body"])
+        for key in system_attrs:
+            noted = _TRIAL_NOTE_VERSION.fullmatch(key)
+            if noted is not None:
+                note = get_note_from_system_attrs(system_attrs, int(noted.group(1)))
+                stored[f"{_TRIAL_NOTE_KEY}{noted.group(1)}"] = str(note["body"])
         return stored
 
     return read

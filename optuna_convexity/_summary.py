@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
+from optuna_convexity import _criteria
 from optuna_convexity import _state
 from optuna_convexity._criteria import PremiseCheck
 from optuna_convexity._listeners import Finishing
@@ -19,6 +20,7 @@ from optuna_convexity._roles import last_promotion_premise
 from optuna_convexity._roles import premise_check
 from optuna_convexity._roles import ranking
 from optuna_convexity._roles import Resolution
+from optuna_convexity._roles import signals
 
 
 _logger = optuna.logging.get_logger(__name__)
@@ -39,6 +41,9 @@ class ScreenedCandidate:
     screening_rank: int | None
     #: Why the candidate cannot be promoted (``None`` if it can).
     excluded: str | None
+    #: The tier of the study's criterion the candidate is ranked in (e.g. ``"better half"``);
+    #: ``None`` for criteria without tiers, and for candidates not ranked.
+    tier: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +148,10 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
             else ranking(candidates, criterion, maximize)
         )
         ranks = {c.root: rank for rank, c in enumerate(ranked, start=1)}
+        tiers = {
+            r.root: r.tier
+            for r in _criteria.rank([signals(c) for c in ranked], criterion, maximize)
+        }
         screened = [
             ScreenedCandidate(
                 number=c.final.number,
@@ -152,6 +161,7 @@ def summarize(study: optuna.Study) -> list[RoundSummary]:
                 value=_attrs.reported_value(c.final),
                 screening_rank=ranks.get(c.root),
                 excluded=c.exclusion,
+                tier=tiers.get(c.root),
             )
             for c in candidates
         ]
@@ -215,7 +225,9 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
     """A Markdown leaderboard of the search: screening ranks with ``mu``, promoted results.
 
     ``top`` limits the screening rows per round (by default, the promoted candidates plus five).
-    It is the text the dashboard note shows and the quickstart prints.
+    It is the text the dashboard note shows and the quickstart prints. It names the study's
+    metric if the study has one (``study.set_metric_names``), and says which criterion orders
+    the promotions.
 
     Example:
 
@@ -223,7 +235,13 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
 
             print(optuna_convexity.leaderboard(study))
     """
-    lines = []
+    names = study.metric_names
+    metric = names[0] if names else "value"
+    criterion = _state.config_of(study).criterion
+    lines = [
+        f'Promotion order, `criterion="{criterion}"`: {_criteria.describe(criterion)}.',
+        "",
+    ]
     for summary in summarize(study):
         n_valid = sum(1 for c in summary.candidates if c.screening_rank is not None)
         status = "screening done" if summary.screening_done else "screening in progress"
@@ -232,7 +250,7 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
             f"{n_valid} valid), {len(summary.promotions)} promoted"
         )
         lines.append("")
-        lines.append("| screening rank | trial | mu | one-epoch value | params |")
+        lines.append(f"| screening rank | trial | mu | one-epoch {metric} | params |")
         lines.append("|---:|---:|---:|---:|:---|")
         limit = top if top is not None else len(summary.promotions) + 5
         ordered = sorted(
@@ -261,7 +279,7 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
             )
         if summary.promotions or summary.unfilled_ranks:
             lines.append("")
-            lines.append("| promoted rank | trial | parent | mu | state | value |")
+            lines.append(f"| promoted rank | trial | parent | mu | state | {metric} |")
             lines.append("|---:|---:|---:|---:|:---|---:|")
             for p in summary.promotions:
                 lines.append(
@@ -281,7 +299,7 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
     if completed:
         best = study.best_trial
         lines.append(
-            f"**Best trial: {best.number}**, value {_number(best.value, 6)}, "
+            f"**Best trial: {best.number}**, {metric} {_number(best.value, 6)}, "
             f"params {_params(best.params)}"
         )
     return "\n".join(lines).rstrip() + "\n"

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 import struct
 import subprocess
 import sys
 from types import ModuleType
 
+import optuna
 import pytest
 
+import optuna_convexity
+from optuna_convexity import _attrs
 from tests.dashboard._search import STUDY_NAME
+from tests.dashboard._search import synthetic_objective
+from tests.dashboard._search import synthetic_study
+from tests.dashboard._server import dashboard_server
 from tests.dashboard._server import DashboardServer
 
 
@@ -107,3 +114,36 @@ def test_screenshot_script_names_the_missing_study(server: DashboardServer) -> N
         SystemExit, match=r"No study named 'nope' in this storage \(studies: dashboard\)"
     ):
         screenshot_script.study_id(server.url, "nope")
+
+
+def _diverging_objective(trial: optuna.Trial) -> float:
+    """The synthetic search, but the first screening trial diverges: its mu is infinite."""
+    if trial.number == 0 and optuna_convexity.is_screening(trial):
+        trial.suggest_float("x", -1.0, 1.0)
+        trial.suggest_int("y", 0, 9)
+        optuna_convexity.record_mu(trial, math.inf)
+        raise optuna.TrialPruned()
+    return synthetic_objective(trial)
+
+
+def test_trial_table_sorts_by_mu(tmp_path: Path) -> None:
+    """optuna-dashboard sorts a column only if every value in it is a number: a diverged
+    candidate must leave ``convexity:mu`` out rather than hold ``None`` or ``inf``."""
+    pytest.importorskip("playwright", reason="sorting the table needs Playwright")
+    storage = f"sqlite:///{tmp_path / 'sorting.db'}"
+    study = synthetic_study(storage, n_screening=6, n_promoted=2, study_name="sorting")
+    study.optimize(_diverging_objective, n_trials=8)
+    with dashboard_server(storage) as running:
+        (summary,) = running.get("/api/studies")["study_summaries"]
+        served = running.get(f"/api/studies/{summary['study_id']}")
+        sortable = {a["key"]: a["sortable"] for a in served["union_user_attrs"]}
+        assert sortable[_attrs.MU] and sortable[_attrs.PROMOTED], sortable
+        cells = screenshot_script.sorted_trial_table(
+            running.url, summary["study_id"], _attrs.MU, chromium_path=CHROMIUM
+        )
+    mus = [t.user_attrs[_attrs.MU] for t in study.trials if _attrs.MU in t.user_attrs]
+    assert len(mus) == 7  # five valid candidates, and the two promotions carry their parent's
+    assert [float(c) for c in cells if c] == sorted(mus)
+    # The diverged candidate has no mu: one empty cell, at an end (optuna-dashboard sorts a
+    # missing value as the empty text, so before the numbers).
+    assert cells.count("") == 1 and "" in (cells[0], cells[-1])

@@ -12,6 +12,7 @@ import pytest
 
 from optuna_convexity import _attrs
 from optuna_convexity import leaderboard
+from optuna_convexity._criteria import describe
 from optuna_convexity._dashboard import MU_VS_VALUE_FIGURE_ID
 from optuna_convexity._dashboard import NOTE_HEADING
 from optuna_convexity._dashboard import SCREENING_FIGURE_ID
@@ -68,6 +69,37 @@ def test_every_trial_is_served_with_its_convexity_attributes(
     # The trials table can sort and filter by the numeric attributes.
     sortable = {a["key"] for a in detail["union_user_attrs"] if a["sortable"]}
     assert {_attrs.MU, _attrs.ROUND, _attrs.RANK, _attrs.PARENT, _attrs.SLOT} <= sortable
+    assert _attrs.PROMOTED in sortable
+    for trial in searched_study.trials:
+        assert served[trial.number][_attrs.PROMOTED] == str(int(trial in promoted))
+
+
+def test_each_promoted_trial_has_a_note_saying_why(
+    detail: dict[str, Any], searched_study: optuna.Study
+) -> None:
+    notes = {t["number"]: t["note"]["body"] for t in detail["trials"]}
+    for trial in _trials(searched_study, _attrs.PHASE_SCREENING):
+        assert notes[trial.number] == ""
+    for trial in _trials(searched_study, _attrs.PHASE_PROMOTED):
+        rank, round_ = trial.user_attrs[_attrs.RANK], trial.user_attrs[_attrs.ROUND]
+        parent = searched_study.trials[trial.user_attrs[_attrs.PARENT]]
+        # The search runs criterion="mu": the rank is the parent's place by mu among the
+        # round's valid candidates, worked out here from the stored trials.
+        valid = sorted(
+            (t.user_attrs[_attrs.MU], t.number)
+            for t in _trials(searched_study, _attrs.PHASE_SCREENING)
+            if t.user_attrs[_attrs.ROUND] == round_ and _attrs.EXCLUDED not in t.user_attrs
+        )
+        assert valid[rank - 1][1] == parent.number
+        value = parent.intermediate_values[max(parent.intermediate_values)]
+        assert notes[trial.number] == (
+            f"### Promoted: rank {rank} of round {round_}\n\n"
+            f"Reruns screening trial {parent.number} with its parameters at the full budget.\n\n"
+            f"- mu of trial {parent.number}: {parent.user_attrs[_attrs.MU]:.6g} (last_layer)\n"
+            f"- one-epoch value of trial {parent.number}: {value:.6g}\n"
+            f"- why: it ranks {rank} of the round's {len(valid)} valid candidates, by "
+            f'`criterion="mu"`: {describe("mu")}.\n'
+        )
 
 
 def test_note_holds_the_leaderboard_with_every_promoted_result(

@@ -159,3 +159,22 @@ def test_console_script_and_module(sqlite_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Study 'cli' (minimize)\nround 0: 5 screened")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_metric_is_named_when_the_user_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from optuna_convexity._criteria import describe
+
+    url = f"sqlite:///{tmp_path / 'named.db'}"
+    study = _search(url, name="named")
+    status, unnamed, _ = _run(capsys, "leaderboard", "--storage", url)
+    assert "| one-epoch value |" in unnamed and "**, value " in unnamed
+    assert unnamed.startswith(f'Promotion order, `criterion="mu"`: {describe("mu")}.\n')
+    study.set_metric_names(["loss"])
+    status, named, _ = _run(capsys, "leaderboard", "--storage", url)
+    assert status == 0
+    assert "| screening rank | trial | mu | one-epoch loss | params |" in named
+    assert "| promoted rank | trial | parent | mu | state | loss |" in named
+    assert f"**Best trial: {study.best_trial.number}**, loss " in named
