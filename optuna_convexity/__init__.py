@@ -1,7 +1,8 @@
 """optuna-convexity: strong-convexity-guided hyper-parameter search for Optuna.
 
 - :class:`ConvexitySampler` runs the two-phase search in an ordinary Optuna study: cheap
-  screening trials scored by the flatness of their loss, then the flattest promoted.
+  screening trials scored by the flatness of their loss, then the best of them by the
+  sampler's ``criterion`` promoted to full training.
 - :class:`ConvexityPruner` ends screening trials at the screening fidelity.
 - :func:`report_convexity` is the line to add to an objective; :func:`record_mu` records a
   score computed elsewhere; :func:`is_screening` and :func:`is_promoted` tell the phases apart.

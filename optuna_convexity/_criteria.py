@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import math
+import textwrap
 from typing import get_args
 from typing import Literal
 
@@ -81,6 +82,25 @@ def validate(criterion: object) -> Criterion:
 def describe(criterion: str) -> str:
     """One line saying what ``criterion`` promotes first."""
     return _DESCRIPTIONS[validate(criterion)]
+
+
+def listing(indent: str = "") -> str:
+    """Every criterion and what it promotes first, one bullet each, the default marked.
+
+    Docstrings that speak of the criteria include this text (see
+    :class:`~optuna_convexity.ConvexitySampler`), so that they always state the rule that runs
+    by default.
+    """
+    return "\n".join(
+        textwrap.fill(
+            f'``"{name}"``{" (the default)" if name == DEFAULT_CRITERION else ""}: '
+            f"{_DESCRIPTIONS[name]}.",
+            width=95,
+            initial_indent=f"{indent}- ",
+            subsequent_indent=f"{indent}  ",
+        )
+        for name in CRITERIA
+    )
 
 
 def rank(signals: Sequence[Signals], criterion: str, maximize: bool = False) -> list[Ranked]:

@@ -41,7 +41,7 @@ _logger = optuna.logging.get_logger(__name__)
 
 
 class ConvexitySampler(BaseSampler):
-    """Strong-convexity-guided search: screen cheaply, promote the flattest.
+    """Strong-convexity-guided search: screen cheaply, promote the best by ``criterion``.
 
     The study runs in rounds of ``n_screening + n_promoted`` trials:
 
@@ -50,12 +50,13 @@ class ConvexitySampler(BaseSampler):
        :func:`~optuna_convexity.report_convexity`, which scores the loss's flatness ``mu`` and
        ends the trial at that cheap fidelity. Screening trials end PRUNED, so
        ``study.best_trial`` is never one of them.
-    2. When every screening trial of the round has finished, the ``n_promoted`` candidates with
-       the lowest finite, positive ``mu`` are **promoted**: the next trials run exactly their
-       parameters at the full budget, flattest first, each rank exactly once. A trial that
-       starts while screening trials are still running waits for them, polling the storage.
-       Failed candidates, candidates pruned before scoring and non-finite or non-positive
-       scores are excluded (the reason is in the trial's ``convexity:excluded`` attribute);
+    2. When every screening trial of the round has finished, the ``n_promoted`` valid
+       candidates that come first in the order of ``criterion`` (see below: the default is
+       named there) are **promoted**: the next trials run exactly their parameters at the
+       full budget, in that order, each rank exactly once. A trial that starts while
+       screening trials are still running waits for them, polling the storage. Failed
+       candidates, candidates pruned before scoring and non-finite or non-positive scores
+       are excluded (the reason is in the trial's ``convexity:excluded`` attribute);
        if fewer than ``n_promoted`` remain, the trials holding the other ranks screen new
        candidates for the next round instead, and a warning says so.
     3. After the last promoted trial, a new round starts. Run ``n_screening + n_promoted``
@@ -130,17 +131,15 @@ class ConvexitySampler(BaseSampler):
             ``"hutchinson"``, ``"paper"`` or an estimator instance from
             :mod:`optuna_convexity.hessian`.
         criterion:
-            How candidates are ranked for promotion. ``"mu_in_better_half"`` (the default)
-            ranks first, by ``mu``, the candidates whose last reported value
-            (``trial.report`` in the screening epoch) is in the better half, then the rest by
-            ``mu``: after one epoch a barely trained configuration can look flat because it
-            has not moved, and this keeps it from being promoted first. The better half never
-            holds more than half of the field: a tie at the median (e.g. many candidates still
-            at chance accuracy) is left out when it would not fit. Screening trials that report
-            no value are ranked by ``mu`` alone. ``"mu"`` is the paper's rule: the lowest
-            ``mu`` first. In ``benchmarks/hpo_quality.py`` the paper's rule promoted barely
-            trained candidates on all four datasets and lost to random search on digits; the
-            default did not (see the README's "Results").
+            The order in which a round's valid candidates are promoted:
+
+            .. criteria: filled in from _criteria.listing() at import
+
+            The one-epoch value is the last value the screening trial reported
+            (``trial.report``); criteria that use it place a candidate that reported none in
+            the other half, or last. The better half holds at most half of the candidates: a
+            tie at the median (e.g. many candidates still at chance accuracy) is left out when
+            it would not fit. The README's "Results" compare the criteria on four datasets.
         poll_interval:
             ``(first, largest)`` seconds between storage reads of a trial waiting for the
             screening to finish; the interval grows by half each time.
@@ -395,3 +394,11 @@ class ConvexitySampler(BaseSampler):
                 "in the training loop; without it, report_convexity() ends them itself; with "
                 "Lightning, call ConvexityCallback.check_pruned() after trainer.fit()."
             )
+
+
+# The criteria and the default are stated where they are defined; the docstring shows that text.
+_CRITERIA = " " * 12 + ".. criteria: filled in from _criteria.listing() at import\n"
+assert ConvexitySampler.__doc__ is not None and _CRITERIA in ConvexitySampler.__doc__
+ConvexitySampler.__doc__ = ConvexitySampler.__doc__.replace(
+    _CRITERIA, _criteria.listing(" " * 12) + "\n"
+)

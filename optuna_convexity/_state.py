@@ -107,8 +107,8 @@ def check_study(study: Study, trials: Sequence[FrozenTrial], config: SearchConfi
     in the study or compared with the stored settings (``None``: this worker did so already)."""
     if study._is_multi_objective():
         raise ValueError(
-            "ConvexitySampler supports single-objective studies only: promotion keeps the "
-            "flattest candidates and the best promoted trial is the best on one objective. "
+            "ConvexitySampler supports single-objective studies only: promotion ranks the "
+            "candidates on one objective and the best promoted trial is the best on it. "
             "Create the study with a single direction."
         )
     if config is not None:

@@ -475,14 +475,10 @@ def test_numeric_attributes_hold_numbers_only() -> None:
     for trial in study.trials:
         for key in numeric:
             value = trial.user_attrs.get(key)
-            assert (
-                (value is None
-                and key not in trial.user_attrs)
-                or (
-                    isinstance(value, (int, float))
-                    and not isinstance(value, bool)
-                    and math.isfinite(value)
-                )
+            assert (value is None and key not in trial.user_attrs) or (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
             ), (trial.number, key, value)
         assert trial.user_attrs[_attrs.PROMOTED] == int(optuna_convexity.is_promoted(trial))
     for diverged in study.trials[:2]:
