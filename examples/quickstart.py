@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import optuna
 from sklearn.datasets import load_digits
@@ -125,6 +126,9 @@ def main() -> None:
         ),
         pruner=optuna_convexity.ConvexityPruner(),
     )
+    with warnings.catch_warnings():  # naming the metric is experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["validation accuracy"])  # the dashboard and reports use it
     start = time.perf_counter()
     study.optimize(
         make_objective(load_data(), args.epochs),
