@@ -136,6 +136,8 @@ def summary_record(study: optuna.Study, summaries: Sequence[RoundSummary]) -> di
 
 
 def _summary_text(study: optuna.Study, summaries: Sequence[RoundSummary]) -> str:
+    names = study.metric_names
+    metric = names[0] if names else "value"
     lines = [f"Study {study.study_name!r} ({study.direction.name.lower()})"]
     for s in summaries:
         valid = sum(1 for c in s.candidates if c.screening_rank is not None)
@@ -144,7 +146,7 @@ def _summary_text(study: optuna.Study, summaries: Sequence[RoundSummary]) -> str
         if done:
             sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
             top = max(done, key=lambda p: sign * float(p.value))  # type: ignore[arg-type]
-            best = f"; best promoted: trial {top.number}, value {top.value:.6g}"
+            best = f"; best promoted: trial {top.number}, {metric} {top.value:.6g}"
         lines.append(
             f"round {s.round}: {len(s.candidates)} screened "
             f"({'done' if s.screening_done else 'in progress'}, {valid} valid), "
