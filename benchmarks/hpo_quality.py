@@ -943,6 +943,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         dataclasses.replace(settings, seeds=0, workers=0, datasets=())
     )
     fingerprint["methods"] = _method_names()
+    fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from a kept job
     results = []
     for dataset, seed in list(jobs):
         kept = jobs_dir / f"{dataset}-{seed}.json"

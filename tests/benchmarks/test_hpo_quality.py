@@ -98,6 +98,17 @@ def test_quick_mode_writes_the_report(tmp_path: Path) -> None:
         assert name in report
     assert (tmp_path / "hpo_quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # A second run with the same settings reuses every kept job and trains nothing.
+    again = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "hpo_quality.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert " seed " not in again.stdout.split("# Search quality")[0]
+    assert json.loads((tmp_path / "hpo_quality.json").read_text())["results"] == data["results"]
+
 
 def test_mnist1d_splits_are_generated_and_the_noise_touches_training_labels_only() -> None:
     clean = _hpo.load_splits("mnist1d")
