@@ -15,17 +15,17 @@ of the Frobenius norm of the loss's Hessian. Three estimators are available:
 This subpackage imports only PyTorch.
 """
 
+from optuna_convexity.hessian._base import BaseHessianNormEstimator
+from optuna_convexity.hessian._base import BatchScorer
+from optuna_convexity.hessian._base import LossFunction
 from optuna_convexity.hessian._diagnostics import hessian_eigenvalue
 from optuna_convexity.hessian._diagnostics import hessian_trace
-from optuna_convexity.hessian._estimators import BaseHessianNormEstimator
-from optuna_convexity.hessian._estimators import BatchScorer
 from optuna_convexity.hessian._estimators import ESTIMATOR_NAMES
 from optuna_convexity.hessian._estimators import get_estimator
-from optuna_convexity.hessian._estimators import HutchinsonEstimator
-from optuna_convexity.hessian._estimators import LastLayerEstimator
-from optuna_convexity.hessian._estimators import LossFunction
-from optuna_convexity.hessian._estimators import PaperEstimator
 from optuna_convexity.hessian._head import LastLayer
+from optuna_convexity.hessian._hutchinson import HutchinsonEstimator
+from optuna_convexity.hessian._last_layer import LastLayerEstimator
+from optuna_convexity.hessian._paper import PaperEstimator
 from optuna_convexity.hessian._strong_convexity import strong_convexity
 from optuna_convexity.hessian._strong_convexity import StrongConvexity
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from optuna_convexity.hessian._base import LossFunction
 from optuna_convexity.hessian._batches import model_device
 from optuna_convexity.hessian._batches import to_device
 from optuna_convexity.hessian._batches import unpack_batch
-from optuna_convexity.hessian._estimators import LossFunction
 from optuna_convexity.hessian._hvp import HessianVectorProduct
 from optuna_convexity.hessian._hvp import make_generator
 from optuna_convexity.hessian._hvp import random_probes

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from optuna_convexity.hessian._base import BaseHessianNormEstimator
+from optuna_convexity.hessian._base import LossFunction
 from optuna_convexity.hessian._batches import model_device
 from optuna_convexity.hessian._batches import to_device
 from optuna_convexity.hessian._batches import unpack_batch
-from optuna_convexity.hessian._estimators import BaseHessianNormEstimator
 from optuna_convexity.hessian._estimators import get_estimator
-from optuna_convexity.hessian._estimators import LossFunction
 from optuna_convexity.hessian._head import LastLayer
 from optuna_convexity.hessian._model_state import evaluation_mode
 from optuna_convexity.hessian._model_state import preserved_rng
