@@ -13,7 +13,11 @@ The whole-network contenders all estimate the same quantity, ``||H_B||_F`` of ea
 loss, from the same number ``k`` of Rademacher Hessian-vector products per batch,
 ``||H||_F^2 ~ (1/k) sum_i ||H z_i||^2``:
 
-- ``hutchinson``: ours (:class:`~optuna_convexity.hessian.HutchinsonEstimator`);
+- ``hutchinson``: ours (:class:`~optuna_convexity.hessian.HutchinsonEstimator`) with its
+  default ``strategy="auto"``, which measures its product strategies on the first batch;
+  ``hutchinson forward`` forces forward-over-reverse (``vmap`` of ``jvp`` of ``grad``), and
+  ``hutchinson compiled`` adds ``torch.compile`` (its one-off compilation is paid in the
+  warm-up run, not in the ratios, and printed apart);
 - ``PyHessian``: that identity evaluated with PyHessian's own Hessian-vector product
   (``pyhessian.utils.hessian_vector_product`` on the graph its ``hessian`` object builds);
 - ``curvlinops``: ``curvlinops.hutchinson_squared_fro`` on a ``HessianLinearOperator`` of the
@@ -23,13 +27,21 @@ loss, from the same number ``k`` of Rademacher Hessian-vector products per batch
 situation of a screening trial), each estimate is compared per batch with the Frobenius norm of
 the dense Hessian from ``torch.func.hessian``; stochastic estimators are repeated over seeds.
 
+The targets, marked met or not met: ``last_layer`` at most 1.25 and ``paper`` 1.05 forward
+passes; ``hutchinson`` at most half of PyHessian's time at k = 16 on both models (ratio of
+their per-round times, side by side); and the exact ``last_layer`` norm of one large batch
+(``--large-batch`` examples, 1,000 classes, an MLP 784-256-256-1000) at most 10 forward passes
+of that batch. Which of Hutch++ and Hutchinson should be the default is read off the accuracy
+table: the lower median error at the same number of products.
+
 PyHessian and curvlinops come with the ``benchmark`` extra; a contender whose package is missing
 is left out with a note.
 
 Usage::
 
-    python benchmarks/hessian_speed.py            # 5 minutes on 2 CPU cores
-    python benchmarks/hessian_speed.py --quick    # a smoke run, 20 seconds
+    python benchmarks/hessian_speed.py                  # about 10 minutes on 2 CPU cores
+    python benchmarks/hessian_speed.py --quick          # a smoke run, under a minute
+    python benchmarks/hessian_speed.py --device cuda    # on a CUDA machine
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 import math
 import statistics
+import sys
 import time
 import warnings
 
@@ -48,9 +61,15 @@ from torch import nn
 from optuna_convexity.hessian import BaseHessianNormEstimator
 from optuna_convexity.hessian import HutchinsonEstimator
 from optuna_convexity.hessian import strong_convexity
+from optuna_convexity.hessian._hvp import HessianVectorProduct
+from optuna_convexity.hessian._hvp import make_generator
+from optuna_convexity.hessian._hvp import random_probes
 
 
 TARGETS = {"paper": 1.05, "last_layer": 1.25}
+#: hutchinson's time over PyHessian's at the same k, and the large batch's forward passes.
+HUTCHINSON_OVER_PYHESSIAN = 0.5
+LARGE_BATCH_FORWARD_PASSES = 10.0
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -178,12 +197,28 @@ def curvlinops_norms(
     return [math.sqrt(square) for square in torch.stack(squares).tolist()]
 
 
-def whole_network_contenders() -> tuple[dict[str, PerBatchNorms], list[str]]:
-    """The contenders whose package is installed, and notes on those left out."""
+def whole_network_contenders(
+    strategies: bool = False, compiled: bool = False
+) -> tuple[dict[str, PerBatchNorms], list[str]]:
+    """The contenders whose package is installed, and notes on those left out.
+
+    With ``strategies``, also ours with forward-over-reverse products (and, with ``compiled``,
+    compiled with ``torch.compile``).
+    """
     contenders: dict[str, PerBatchNorms] = {
         "hutchinson": ours(lambda k, seed: HutchinsonEstimator(n_probes=k, seed=seed)),
         "hutch++": ours(lambda k, seed: HutchinsonEstimator(n_probes=k, hutchpp=True, seed=seed)),
     }
+    if strategies:
+        contenders["hutchinson forward"] = ours(
+            lambda k, seed: HutchinsonEstimator(n_probes=k, seed=seed, strategy="forward")
+        )
+    if strategies and compiled:
+        contenders["hutchinson compiled"] = ours(
+            lambda k, seed: HutchinsonEstimator(
+                n_probes=k, seed=seed, strategy="forward", compile=True
+            )
+        )
     missing = []
     for name, module, norms, install in (
         ("PyHessian", "pyhessian", pyhessian_norms, "pyhessian"),
@@ -251,25 +286,46 @@ def whole_network_runs(
     return runs
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def measure(
-    runs: dict[str, Callable[[], object]], rounds: int, n_batches: int
-) -> dict[str, tuple[float, float, float, float]]:
-    """Each contender's time over forward-only's (median, q1, q3) and its median ms per batch."""
-    for run in runs.values():  # warm up caches, allocators and lazy initialisation
+    runs: dict[str, Callable[[], object]],
+    rounds: int,
+    n_batches: int,
+    device: torch.device,
+    warm_up: dict[str, float] | None = None,
+    cold: Sequence[str] = (),
+) -> tuple[dict[str, tuple[float, float, float, float]], dict[str, list[float]]]:
+    """Each contender's time over forward-only's (median, q1, q3) and its median ms per batch,
+    and the raw seconds per round. The warm-up run's seconds go to ``warm_up``; contenders
+    named in ``cold`` are not warmed up (too slow to run twice)."""
+    for name, run in runs.items():  # warm up caches, allocators, lazy initialisation, compilers
+        if name in cold:
+            continue
+        start = time.perf_counter()
         run()
+        synchronize(device)
+        if warm_up is not None:
+            warm_up[name] = time.perf_counter() - start
     ratios: dict[str, list[float]] = {name: [] for name in runs}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
+            synchronize(device)
             start = time.perf_counter()
             run()
+            synchronize(device)
             seconds[name].append(time.perf_counter() - start)
         for name in runs:
             ratios[name].append(seconds[name][-1] / seconds["forward only"][-1])
-    return {
+    summary = {
         name: (*quartiles(values), 1000 * statistics.median(seconds[name]) / n_batches)
         for name, values in ratios.items()
     }
+    return summary, seconds
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
@@ -280,24 +336,36 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return median, q1, q3
 
 
-def print_speed(name: str, summary: dict[str, tuple[float, float, float, float]]) -> None:
+def verdict(value: float, target: float) -> str:
+    return f"<= {target:.2f}  {'met' if value <= target else 'NOT met'}"
+
+
+def print_speed(
+    name: str,
+    summary: dict[str, tuple[float, float, float, float]],
+    whole_seconds: dict[str, list[float]],
+) -> None:
     print(f"\n{name}")
     print(f"  {'':28s} {'ratio':>7s}  {'[q1, q3]':>15s}  {'ms/batch':>9s}  target")
     for contender, (median, q1, q3, milliseconds) in summary.items():
         target = TARGETS.get(contender)
-        verdict = ""
-        if target is not None:
-            verdict = f"<= {target:.2f}  {'met' if median <= target else 'NOT met'}"
+        mark = verdict(median, target) if target is not None else ""
         print(
-            f"  {contender:28s} {median:7.3f}  [{q1:5.3f}, {q3:5.3f}]  {milliseconds:9.2f}  "
-            f"{verdict}"
+            f"  {contender:28s} {median:7.3f}  [{q1:5.3f}, {q3:5.3f}]  {milliseconds:9.2f}  {mark}"
         )
-    hutchinson = next(k for k in summary if k.startswith("hutchinson"))
-    for other in ("PyHessian", "curvlinops", "hutch++"):
-        contender = next((k for k in summary if k.startswith(other)), None)
-        if contender is not None:
-            speedup = summary[contender][0] / summary[hutchinson][0]
-            print(f"  {other} takes {speedup:.2f}x the time of hutchinson at the same k")
+    # Ratios of per-round times measured side by side: time(contender) / time(other).
+    names = list(whole_seconds)
+    hutchinson = next(k for k in names if k.startswith("hutchinson ("))
+    pyhessian = next((k for k in names if k.startswith("PyHessian")), None)
+    for contender in names:
+        if contender == "forward only" or pyhessian is None or contender == pyhessian:
+            continue
+        ratio, q1, q3 = quartiles(
+            [a / b for a, b in zip(whole_seconds[contender], whole_seconds[pyhessian])]
+        )
+        mark = verdict(ratio, HUTCHINSON_OVER_PYHESSIAN) if contender == hutchinson else ""
+        label = f"{contender.split(' (')[0]} / PyHessian"
+        print(f"  time {label:34s} {ratio:6.3f}  [{q1:5.3f}, {q3:5.3f}]  {mark}")
 
 
 # --- accuracy ---------------------------------------------------------------------------------
@@ -361,19 +429,21 @@ def trained_one_epoch(factory: Callable[[], nn.Module], training: Batches) -> nn
 
 def print_errors(
     label: str, compared: str, estimates: list[float], exact: list[float], whole: list[float]
-) -> None:
-    """One row: relative errors against ``exact`` (none: n/a), and the share of ``||H||_F``."""
+) -> float:
+    """One row: relative errors against ``exact`` (none: n/a), and the share of ``||H||_F``.
+    Returns the median relative error (nan without ``exact``)."""
     whole = whole * (len(estimates) // len(whole))  # a stochastic contender repeats the seeds
     share = quartiles([e / t for e, t in zip(estimates, whole)])[0]
     if not exact:
         print(f"    {label:26s} {compared:22s} {'n/a':>34s}  {'':8s}  {share:.3f}")
-        return
+        return math.nan
     errors = [abs(e - t) / t for e, t in zip(estimates, exact * (len(estimates) // len(exact)))]
     median, q1, q3 = quartiles(errors)
     print(
         f"    {label:26s} {compared:22s} {median:10.2e} [{q1:8.2e}, {q3:8.2e}]  "
         f"{max(errors):8.2e}  {share:.3f}"
     )
+    return median
 
 
 def accuracy_table(n_batches: int, n_seeds: int, n_probes: int) -> None:
@@ -403,13 +473,65 @@ def accuracy_table(n_batches: int, n_seeds: int, n_probes: int) -> None:
         ):
             estimates = strong_convexity(model, scoring, loss_fn, estimator=estimator).batch_norms
             print_errors(estimator, compared, list(estimates), exact, whole)
+        medians = {}
         for contender, norms in whole_network.items():
             estimates = [
                 value
                 for seed in range(n_seeds)
                 for value in norms(model, scoring, loss_fn, n_probes, seed)
             ]
-            print_errors(f"{contender} (k={n_probes})", "whole Hessian", estimates, whole, whole)
+            medians[contender] = print_errors(
+                f"{contender} (k={n_probes})", "whole Hessian", estimates, whole, whole
+            )
+        better = "hutch++" if medians["hutch++"] < medians["hutchinson"] else "hutchinson"
+        print(
+            f"    at {n_probes} products: median error hutch++ {medians['hutch++']:.2e}, "
+            f"hutchinson {medians['hutchinson']:.2e}: the lower is {better}"
+        )
+        if "PyHessian" in medians:
+            same = "no worse" if medians["hutchinson"] <= medians["PyHessian"] else "worse"
+            print(
+                f"    hutchinson's median error is {same} than PyHessian's "
+                f"({medians['hutchinson']:.2e} vs {medians['PyHessian']:.2e}; the same "
+                "estimator on other random probes)"
+            )
+
+
+def auto_choice(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], k: int) -> str:
+    """What ``strategy="auto"`` measures on a first batch, and what it keeps."""
+    hvp = HessianVectorProduct(model.eval(), nn.CrossEntropyLoss(), "auto")
+    probes = random_probes(hvp.parameters, k, "rademacher", make_generator(batch[0].device, 0))
+    hvp.bind((batch[0],), {}, batch[1]).squared_norms(probes)
+    projected = ", ".join(f"{name} {1000 * s:.0f} ms" for name, s in hvp.measured.items())
+    return f"{hvp.strategy} (projected per batch: {projected})"
+
+
+def large_batch(n: int, rounds: int, device: torch.device) -> None:
+    """The exact last-layer norm of one batch of ``n`` examples and 1,000 classes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1000)
+    ).to(device)
+    generator = torch.Generator().manual_seed(0)
+    batch = [
+        (
+            torch.randn(n, 784, generator=generator).to(device),
+            torch.randint(0, 1000, (n,), generator=generator).to(device),
+        )
+    ]
+    loss_fn = nn.CrossEntropyLoss()
+    runs: dict[str, Callable[[], object]] = {
+        "forward only": forward_only(model, batch),
+        "last_layer": lambda: strong_convexity(model, batch, loss_fn),
+    }
+    summary, _ = measure(runs, rounds, 1, device, cold=("last_layer",))
+    print(f"\nOne batch of {n} examples, 1000 classes (MLP 784-256-256-1000), {rounds} rounds")
+    print(f"  {'':28s} {'ratio':>7s}  {'[q1, q3]':>15s}  {'ms/batch':>9s}  target")
+    for contender, (median, q1, q3, milliseconds) in summary.items():
+        mark = verdict(median, LARGE_BATCH_FORWARD_PASSES) if contender == "last_layer" else ""
+        print(
+            f"  {contender:28s} {median:7.3f}  [{q1:5.3f}, {q3:5.3f}]  {milliseconds:9.1f}  {mark}"
+        )
 
 
 def main() -> None:
@@ -418,15 +540,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--batches", type=int, default=None)
     parser.add_argument("--probes", type=int, default=None, help="k (default 16; 4 quick)")
+    parser.add_argument(
+        "--large-batch",
+        type=int,
+        default=None,
+        help="examples in the one large batch (default 20000; 4096 quick)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device {args.device}: no CUDA device is available here (torch "
+            f"{torch.__version__}, torch.version.cuda={torch.version.cuda}). Run it on a "
+            "machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu."
+        )
     rounds = args.rounds or (1 if args.quick else 15)
     n_batches = args.batches or (2 if args.quick else 40)
     n_probes = args.probes or (4 if args.quick else 16)
+    n_large = args.large_batch or (4096 if args.quick else 20000)
     # The whole-network contenders cost 20-200 forward passes: fewer batches and rounds.
     whole_rounds, n_whole_batches = max(1, rounds // 3), max(2, n_batches // 4)
-    device = torch.device(args.device)
-    whole_network, missing = whole_network_contenders()
+    whole_network, missing = whole_network_contenders(strategies=True, compiled=not args.quick)
     print(
         f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; "
         "ratios to a forward-only pass over the same batches in the same round: median [q1, q3]"
@@ -439,13 +574,24 @@ def main() -> None:
     for name, factory in (("MLP 784-256-256-10", mlp), ("small CNN", cnn)):
         torch.manual_seed(0)
         model = factory().to(device)
-        summary = measure(closed_form_runs(model, batches), rounds, n_batches)
+        summary, _ = measure(closed_form_runs(model, batches), rounds, n_batches, device)
         few = batches[:n_whole_batches]
-        whole = measure(
-            whole_network_runs(model, few, n_probes, whole_network), whole_rounds, len(few)
+        warm_up: dict[str, float] = {}
+        whole, seconds = measure(
+            whole_network_runs(model, few, n_probes, whole_network),
+            whole_rounds,
+            len(few),
+            device,
+            warm_up,
         )
         summary.update((k, v) for k, v in whole.items() if k != "forward only")
-        print_speed(name, summary)
+        print_speed(name, summary, seconds)
+        print(f'  hutchinson\'s strategy="auto" chose {auto_choice(model, few[0], n_probes)}')
+        compiled = next((k for k in warm_up if k.startswith("hutchinson compiled")), None)
+        if compiled is not None:
+            print(f"  hutchinson compiled: first run (with compilation) {warm_up[compiled]:.1f} s")
+        sys.stdout.flush()
+    large_batch(n_large, 1 if args.quick else 2, device)
     accuracy_table(
         n_batches=2 if args.quick else 8, n_seeds=2 if args.quick else 5, n_probes=n_probes
     )

@@ -29,8 +29,7 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
     r"""Whole-network ``||H||_F`` from Hessian-vector products: ``||H||_F^2 = E ||H z||^2``.
 
     Each of the ``n_probes`` probes ``z`` (Rademacher or Gaussian, identity covariance) costs
-    one Hessian-vector product on the batch's gradient graph, which is built once per batch;
-    see ``strategy`` for how the products are evaluated.
+    one Hessian-vector product; see ``strategy`` for how the products are evaluated.
 
     With ``hutchpp=True`` the budget is split as in Hutch++ (Meyer et al., 2021): a third sketches
     the top of the spectrum ``Q = orth(H S)``, a third computes ``||H Q||_F^2`` exactly and the
@@ -55,10 +54,18 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
             Seed of the estimator's private generator; the global RNG is never used.
         strategy:
             How Hessian-vector products are computed: ``"batched"`` (one vectorised double
-            backward for all probes), ``"loop"`` (one double backward per probe),
-            ``"forward"`` (``torch.func`` forward-over-reverse), or ``"auto"``: split the first
-            batch's probes between ``"batched"`` and ``"loop"``, time both on the same graph
-            and keep the faster (this adds two device synchronisations on the first batch).
+            backward for all probes), ``"loop"`` (one double backward per probe, as PyHessian
+            does), ``"forward"`` (forward-over-reverse, ``vmap`` over the probes of
+            ``torch.func.jvp`` of ``torch.func.grad``), or ``"auto"``: split the first batch's
+            probes between the three, time each on its share (every product is used) and keep
+            the one projected to be cheapest per batch (this adds a few device
+            synchronisations on the first batch). On a 2-core CPU ``"auto"`` chose ``"loop"``
+            for the MLP and the CNN of ``benchmarks/hessian_speed.py``.
+        compile:
+            Compile the forward-over-reverse products with ``torch.compile`` (needs
+            ``strategy="forward"``). Compilation costs tens of seconds per model on a CPU,
+            once per process and model; it pays off for long passes, not for one screening
+            trial.
 
     Example:
 
@@ -86,9 +93,15 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
         probe_batch_size: int | None = None,
         seed: int | None = None,
         strategy: Strategy = "auto",
+        compile: bool = False,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+        if compile and strategy != "forward":
+            raise ValueError(
+                "compile=True compiles the forward-over-reverse products; pass "
+                f"strategy='forward' with it (got strategy={strategy!r})."
+            )
         if not isinstance(n_probes, int) or n_probes < 1:
             raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}.")
         if hutchpp and n_probes < 3:
@@ -111,6 +124,7 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
         self.probe_batch_size = probe_batch_size
         self.seed = seed
         self.strategy = strategy
+        self.compile = compile
 
     def describe(self) -> str:
         method = "hutch++" if self.hutchpp else "hutchinson"
@@ -120,7 +134,7 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
         return (
             f"HutchinsonEstimator(n_probes={self.n_probes}, distribution={self.distribution!r}, "
             f"hutchpp={self.hutchpp}, probe_batch_size={self.probe_batch_size}, seed={self.seed}, "
-            f"strategy={self.strategy!r})"
+            f"strategy={self.strategy!r}, compile={self.compile})"
         )
 
     def open(self, model: nn.Module, loss_fn: LossFunction, last_layer: LastLayer) -> BatchScorer:
@@ -134,7 +148,9 @@ class _HutchinsonScorer(BatchScorer):
         self._model = model
         self._loss_fn = loss_fn
         self._estimator = estimator
-        self._hvp = HessianVectorProduct(model, loss_fn, estimator.strategy)
+        self._hvp = HessianVectorProduct(
+            model, loss_fn, estimator.strategy, compile=estimator.compile
+        )
         device = self._hvp.parameters[0].device
         self._generator = make_generator(device, estimator.seed)
         self._probes: tuple[Vectors, ...] | None = None

@@ -6,17 +6,28 @@ probe dimension):
 - ``"batched"``: reverse-over-reverse. One forward pass and one ``backward(create_graph=True)``
   per batch, then a single vectorised double backward over all probes
   (``torch.autograd.grad(..., is_grads_batched=True)``).
-- ``"loop"``: the same graph, one double backward per probe (what PyHessian does). On CPUs it
-  beats ``"batched"`` for convolutional networks, whose vectorised backward runs as slow
-  grouped convolutions.
-- ``"forward"``: forward-over-reverse with ``torch.func`` (``vmap(jvp(grad(L)))``), for the rare
-  model whose operations lack double-backward formulas.
+- ``"loop"``: the same graph, one double backward per probe (what PyHessian does).
+- ``"forward"``: forward-over-reverse with ``torch.func``: ``jvp`` of ``grad`` of the loss of
+  ``functional_call(model, ...)``, vectorised over the probes with ``vmap``. It keeps no
+  double-backward graph, and the primal forward and backward run once for all probes. With
+  ``compile=True`` this function is compiled with ``torch.compile`` (a one-off cost of tens of
+  seconds per model on a CPU; worth it for long passes, not for one screening trial).
 
-``"auto"`` (the default) splits the first batch's probes between ``"batched"`` and ``"loop"``,
-times both on the same graph (no extra products) and keeps the faster for the rest of the
-pass. If the model cannot be differentiated twice, it falls back to ``"forward"``.
+``"auto"`` (the default) measures instead of assuming. On the first batch it builds the
+double-backward graph (timed), gives one probe to ``"forward"`` untimed (its first call pays
+torch's one-off set-up) and splits the remaining probes into three parts, one per strategy,
+each timed on its own part; every product is used, so the measurement costs no extra products.
+It projects each strategy's cost for a whole batch of ``k`` probes (graph + ``k`` per-probe
+products for the two reverse-over-reverse strategies, ``k / m`` times the measured call for
+``"forward"``, which over-counts its shared forward and backward, a bias against it) and keeps
+the cheapest for the rest of the pass. What this chose, on a shared 2-core CPU (torch 2.13,
+batches of 128, k = 16; ``benchmarks/hessian_speed.py``): ``"loop"`` for both the MLP and the
+CNN of the benchmark, whose forward-over-reverse products cost about twice as much on a CPU.
+If the model cannot be differentiated twice, ``"auto"`` uses ``"forward"``; if ``vmap`` cannot
+trace the model (data-dependent Python control flow), it leaves ``"forward"`` out.
 
-No strategy writes ``.grad``, changes ``requires_grad`` or touches the parameters.
+No strategy writes ``.grad``, changes ``requires_grad`` or touches the parameters or buffers:
+``functional_call`` swaps detached views of the parameters in and restores the originals.
 """
 
 from __future__ import annotations
@@ -39,6 +50,12 @@ Vectors = tuple[torch.Tensor, ...]
 Strategy = Literal["auto", "batched", "loop", "forward"]
 STRATEGIES = ("auto", "batched", "loop", "forward")
 
+#: ``(parameters, probes, args, kwargs, targets) -> H V`` (or ``||H v_k||^2`` per probe).
+_FunctionalProducts = Callable[
+    [dict[str, torch.Tensor], dict[str, torch.Tensor], tuple[Any, ...], dict[str, Any], Any],
+    Any,
+]
+
 
 class HessianVectorProduct:
     """Hessian-vector products for the Hessian of ``loss_fn(model(inputs), targets)`` in the
@@ -50,9 +67,16 @@ class HessianVectorProduct:
         model: nn.Module,
         loss_fn: Callable[..., torch.Tensor],
         strategy: Strategy = "auto",
+        *,
+        compile: bool = False,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+        if compile and strategy != "forward":
+            raise ValueError(
+                f"compile=True compiles the forward-over-reverse products; it needs "
+                f"strategy='forward', got strategy={strategy!r}."
+            )
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(
@@ -64,6 +88,10 @@ class HessianVectorProduct:
         self.names = tuple(name for name, _ in named)
         self.parameters = tuple(p for _, p in named)
         self.strategy: Strategy = strategy
+        self.compile = compile
+        self._functional: dict[bool, _FunctionalProducts] = {}
+        #: Seconds per batch that ``"auto"`` projected for each strategy it measured.
+        self.measured: dict[Strategy, float] = {}
 
     def bind(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], targets: torch.Tensor
@@ -75,6 +103,53 @@ class HessianVectorProduct:
             {key: _as_normal_tensor(value) for key, value in kwargs.items()},
             _as_normal_tensor(targets),
         )
+
+    def functional(self, keep_products: bool) -> _FunctionalProducts:
+        """The forward-over-reverse products as one function (compiled if asked), cached."""
+        if keep_products not in self._functional:
+            function = _functional_products(self.model, self.loss_fn, keep_products)
+            if self.compile:
+                # Dynamo keeps the compiled code with the code object and guards on the model
+                # and loss: later passes over the same model reuse it without recompiling.
+                function = torch.compile(function, dynamic=False)
+            self._functional[keep_products] = function
+        return self._functional[keep_products]
+
+
+def _functional_products(
+    model: nn.Module, loss_fn: Callable[..., torch.Tensor], keep_products: bool
+) -> _FunctionalProducts:
+    """``vmap`` over the probes of ``jvp(grad(loss))``: products, or their squared norms."""
+
+    def loss(
+        parameters: dict[str, torch.Tensor],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        targets: Any,
+    ) -> torch.Tensor:
+        # Parameters not passed (frozen ones) and buffers are the module's own, read only:
+        # the model is in eval mode, so BatchNorm reads its running statistics.
+        return loss_fn(torch.func.functional_call(model, parameters, args, kwargs), targets)
+
+    gradient = torch.func.grad(loss)
+
+    def product(
+        parameters: dict[str, torch.Tensor],
+        tangent: dict[str, torch.Tensor],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        targets: Any,
+    ) -> Any:
+        def of_parameters(values: dict[str, torch.Tensor]) -> Any:
+            return gradient(values, args, kwargs, targets)
+
+        hv = torch.func.jvp(of_parameters, (parameters,), (tangent,))[1]
+        if keep_products:
+            return hv
+        dtype = torch.promote_types(next(iter(hv.values())).dtype, torch.float32)
+        return sum(torch.linalg.vector_norm(v, dtype=dtype).square() for v in hv.values())
+
+    return torch.func.vmap(product, in_dims=(None, 0, None, None, None))
 
 
 class BoundHessian:
@@ -114,20 +189,13 @@ class BoundHessian:
 
     def _run(self, vectors: Vectors, keep_products: bool) -> Vectors | torch.Tensor:
         owner = self._owner
-        if owner.strategy != "forward":
-            try:
-                if owner.strategy == "auto":
-                    return self._tune(vectors, keep_products)
-                if owner.strategy == "batched":
-                    return self._batched(vectors, keep_products)
-                return self._loop(vectors, keep_products)
-            except RuntimeError as error:
-                if owner.strategy != "auto":
-                    raise
-                _logger.debug("Double backward failed (%s); using torch.func instead.", error)
-                owner.strategy = "forward"
-        products = self._forward_over_reverse(vectors)
-        return products if keep_products else squared_norms(products)
+        if owner.strategy == "auto":
+            return self._tune(vectors, keep_products)
+        if owner.strategy == "batched":
+            return self._batched(vectors, keep_products)
+        if owner.strategy == "loop":
+            return self._loop(vectors, keep_products)
+        return self._forward_over_reverse(vectors, keep_products)
 
     def _batched(self, vectors: Vectors, keep_products: bool) -> Vectors | torch.Tensor:
         grads = self._graph()
@@ -167,59 +235,78 @@ class BoundHessian:
             torch.stack([product[i] for product in kept]).detach() for i in range(len(parameters))
         )
 
-    def _tune(self, vectors: Vectors, keep_products: bool) -> Vectors | torch.Tensor:
-        """Run half the probes each way on the same graph; keep the faster per probe."""
+    def _forward_over_reverse(
+        self, vectors: Vectors, keep_products: bool
+    ) -> Vectors | torch.Tensor:
         owner = self._owner
-        n_probes = vectors[0].shape[0]
-        if n_probes < 2:
-            return self._batched(vectors, keep_products)
-        self._graph()  # built before the clocks start: both strategies share it
-        half = n_probes // 2
-        device = vectors[0].device
-        seconds = []
-        parts = []
-        for method, part in (
-            (self._batched, tuple(v[:half] for v in vectors)),
-            (self._loop, tuple(v[half:] for v in vectors)),
-        ):
-            _synchronize(device)
-            start = time.perf_counter()
-            parts.append(method(part, keep_products))
-            _synchronize(device)
-            seconds.append((time.perf_counter() - start) / part[0].shape[0])
-        owner.strategy = "batched" if seconds[0] <= seconds[1] else "loop"
-        _logger.debug(
-            "Hessian-vector products: %.3g s/probe batched, %.3g s/probe in a loop; using %s.",
-            seconds[0],
-            seconds[1],
-            owner.strategy,
-        )
-        if not keep_products:
-            return torch.cat(parts)  # type: ignore[arg-type]
-        return tuple(torch.cat([a, b]) for a, b in zip(parts[0], parts[1]))
-
-    def _forward_over_reverse(self, vectors: Vectors) -> Vectors:
-        owner = self._owner
-        model, loss_fn, names = owner.model, owner.loss_fn, owner.names
-        args, kwargs, targets = self._args, self._kwargs, self._targets
-        primals = tuple(p.detach() for p in owner.parameters)
-
-        def loss(*params: torch.Tensor) -> torch.Tensor:
-            outputs = torch.func.functional_call(model, dict(zip(names, params)), args, kwargs)
-            return loss_fn(outputs, targets)
-
-        gradient = torch.func.grad(loss, argnums=tuple(range(len(primals))))
-
-        def single(*tangents: torch.Tensor) -> Vectors:
-            return tuple(torch.func.jvp(gradient, primals, tangents)[1])
-
+        parameters = {name: p.detach() for name, p in zip(owner.names, owner.parameters)}
+        tangents = dict(zip(owner.names, vectors))
+        function = owner.functional(keep_products)
         with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
             # torch's forward-AD decompositions use torch.jit.script on first use and warn
             # about its deprecation; that warning concerns torch, not the caller.
             warnings.filterwarnings(
                 "ignore", message=".*torch.jit.script.*", category=DeprecationWarning
             )
-            return tuple(torch.func.vmap(single)(*vectors))
+            result = function(parameters, tangents, self._args, self._kwargs, self._targets)
+        if keep_products:
+            return tuple(result[name].detach() for name in owner.names)
+        return result.detach()  # type: ignore[no-any-return]
+
+    def _tune(self, vectors: Vectors, keep_products: bool) -> Vectors | torch.Tensor:
+        """Measure the strategies on parts of this batch's probes; keep the cheapest."""
+        owner = self._owner
+        n_probes = vectors[0].shape[0]
+        device = vectors[0].device
+        parts: list[Vectors | torch.Tensor] = []
+        try:
+            start = time.perf_counter()
+            self._graph()
+            _synchronize(device)
+            graph_seconds = time.perf_counter() - start
+        except RuntimeError as error:  # no double-backward formula for some operation
+            _logger.debug("Double backward failed (%s); using torch.func instead.", error)
+            owner.strategy = "forward"
+            return self._forward_over_reverse(vectors, keep_products)
+        if n_probes < 4:  # too few probes to measure three ways: the vectorised default
+            owner.strategy = "batched"
+            return self._batched(vectors, keep_products)
+        first = tuple(v[:1] for v in vectors)
+        rest = tuple(v[1:] for v in vectors)
+        candidates: list[tuple[Strategy, Callable[[Vectors, bool], Vectors | torch.Tensor]]] = [
+            ("forward", self._forward_over_reverse),
+            ("batched", self._batched),
+            ("loop", self._loop),
+        ]
+        try:  # untimed: the first call of torch.func's products pays one-off set-up
+            parts.append(self._forward_over_reverse(first, keep_products))
+        except RuntimeError as error:  # e.g. vmap cannot trace data-dependent control flow
+            _logger.debug("torch.func products failed (%s); measuring the others.", error)
+            candidates = candidates[1:]
+            parts.append(self._batched(first, keep_products))
+        bounds = [1 + (len(rest[0]) * i) // len(candidates) for i in range(len(candidates) + 1)]
+        projected: dict[Strategy, float] = {}
+        for (name, method), low, high in zip(candidates, bounds, bounds[1:]):
+            part = tuple(v[low:high] for v in vectors)
+            _synchronize(device)
+            start = time.perf_counter()
+            parts.append(method(part, keep_products))
+            _synchronize(device)
+            seconds = time.perf_counter() - start
+            if name == "forward":
+                projected[name] = seconds * n_probes / (high - low)
+            else:
+                projected[name] = graph_seconds + seconds * n_probes / (high - low)
+        owner.strategy = min(projected, key=projected.__getitem__)
+        owner.measured = projected
+        _logger.debug(
+            "Hessian-vector products, projected seconds per batch: %s; using %s.",
+            ", ".join(f"{name} {value:.3g}" for name, value in projected.items()),
+            owner.strategy,
+        )
+        if not keep_products:
+            return torch.cat(parts)  # type: ignore[arg-type]
+        return tuple(torch.cat([part[i] for part in parts]) for i in range(len(vectors)))
 
 
 def _synchronize(device: torch.device) -> None:

@@ -74,8 +74,8 @@ def test_whole_network_contenders_estimate_each_batch_on_its_own() -> None:
         torch.linalg.matrix_norm(hessian_speed.dense_hessian(model, x, y, loss_fn)).item()
         for x, y in data
     ]
-    contenders, missing = hessian_speed.whole_network_contenders()
-    assert {"hutchinson", "hutch++"} <= set(contenders)
+    contenders, missing = hessian_speed.whole_network_contenders(strategies=True)
+    assert {"hutchinson", "hutch++", "hutchinson forward"} <= set(contenders)
     for name in ("PyHessian", "curvlinops"):
         assert name in contenders or any(note.startswith(name) for note in missing)
     for name, norms in contenders.items():
@@ -96,12 +96,34 @@ def test_quick_mode_prints_every_contender_and_exact_closed_forms() -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     output = completed.stdout
-    contenders, _ = hessian_speed.whole_network_contenders()
+    contenders, _ = hessian_speed.whole_network_contenders(strategies=True)
+    verdict = r"<= \d+\.\d\d  (met|NOT met)$"
     for model in ("MLP 784-256-256-10", "small CNN"):
         section = output.split(model, 1)[1]
         for row in ("forward only", "training epoch", "paper", "last_layer", *contenders):
             assert re.search(rf"^  {re.escape(row)}[ (].*\d", section, re.MULTILINE), (model, row)
+        assert re.search(r"^  last_layer .*" + verdict, section, re.MULTILINE), model
+        if "PyHessian" in contenders:
+            assert re.search(r"^  time hutchinson / PyHessian .*" + verdict, section, re.M), model
+        assert re.search(r'strategy="auto" chose (batched|loop|forward) ', section), model
+    large = output.split("One batch of 4096 examples, 1000 classes", 1)[1]
+    assert re.search(r"^  last_layer .*<= 10\.00  (met|NOT met)$", large, re.MULTILINE)
+    assert re.search(r"at 4 products: .* the lower is (hutch\+\+|hutchinson)$", output, re.M)
     # The exact estimator agrees with its dense block to rounding, on both small models.
     errors = re.findall(r"^    last_layer\s+last-layer block\s+(\S+)", output, re.MULTILINE)
     assert len(errors) == 2
     assert all(float(error) < 1e-10 for error in errors)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "hessian_speed.py"), "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "no CUDA device is available here" in completed.stderr
+    assert "--device cpu" in completed.stderr

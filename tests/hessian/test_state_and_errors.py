@@ -26,6 +26,11 @@ ESTIMATORS = [
     pytest.param(lambda: "paper", id="paper"),
     pytest.param(lambda: HutchinsonEstimator(n_probes=4), id="hutchinson"),
     pytest.param(lambda: HutchinsonEstimator(n_probes=6, hutchpp=True), id="hutchpp"),
+    pytest.param(lambda: HutchinsonEstimator(n_probes=4, strategy="forward"), id="forward"),
+    pytest.param(
+        lambda: HutchinsonEstimator(n_probes=6, hutchpp=True, strategy="forward"),
+        id="hutchpp-forward",
+    ),
 ]
 
 
@@ -84,9 +89,11 @@ def test_model_and_rng_are_left_as_found(make_estimator) -> None:  # type: ignor
     assert result.n_batches == 4 and math.isfinite(result.mu)
 
 
-@pytest.mark.parametrize("name", ["last_layer", "paper", "hutchinson"])
+@pytest.mark.parametrize("name", ["last_layer", "paper", "hutchinson", "forward"])
 def test_no_grad_and_inference_mode_do_not_change_the_score(name: str) -> None:
     def make() -> str | HutchinsonEstimator:
+        if name == "forward":
+            return HutchinsonEstimator(n_probes=4, seed=3, strategy="forward")
         return HutchinsonEstimator(n_probes=4, seed=3) if name == "hutchinson" else name
 
     model = mlp(5, 6, 3)
