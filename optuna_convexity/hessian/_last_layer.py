@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+import warnings
 
 import torch
 from torch import nn
@@ -41,8 +42,16 @@ class LastLayerEstimator(BaseHessianNormEstimator):
     ``H`` is never formed: per batch, the cost is the Gram matrix of the activations
     (``n^2 d`` multiply-adds for ``n`` examples of width ``d``) and one ``n x n`` by
     ``n x C^2`` product (``n^2 C`` in a pairwise form from 48 classes on). Batches are
-    evaluated in groups of ``group_size`` with batched products; batches of more than 2048
-    examples alone, in row blocks of ``chunk_size``, so memory stays ``O(chunk_size * n)``.
+    evaluated in groups of ``group_size`` with batched products.
+
+    Batches of more than 2048 examples are evaluated alone, in ``chunk_size x chunk_size``
+    tiles of the pairs of examples (1024 by default), each unordered pair once: about
+    ``n^2 (d + c) / 2`` multiply-adds, with ``c = 3 C`` in the pairwise form (``C (C + 1) / 2``
+    below 48 classes, 0 for mean squared error). Memory is bounded by the tiles and the
+    per-example curvature: about ``12 chunk_size^2 + 4 n C`` numbers in the float32 (or wider)
+    compute dtype beyond the batch's own activations and logits (for 20,000 examples and 1,000
+    classes with the default tiles, about 370 MiB). The cost stays quadratic in ``n``: a
+    warning says so when one batch needs more than ``5e10`` multiply-adds.
     The math runs in float32 (or the model's wider dtype) even under autocast, and the
     softmax curvature uses a cancellation-free form that stays accurate for confident
     predictions.
@@ -58,8 +67,8 @@ class LastLayerEstimator(BaseHessianNormEstimator):
 
     Args:
         chunk_size:
-            Rows of the ``n x n`` Gram matrix formed at once for batches of more than 2048
-            examples; ``2**22 / n`` by default.
+            Rows and columns of the tiles of pairs of examples for batches of more than
+            2048 examples; 1024 by default.
         group_size:
             Batches evaluated together; by default up to 8, fewer for large batches.
 
@@ -106,6 +115,10 @@ class LastLayerEstimator(BaseHessianNormEstimator):
 _GROUP_MAX_ROWS = 2048
 #: Elements of the n x n Gram matrices formed at once (16 MiB in float32).
 _GRAM_BUDGET = 1 << 22
+#: Rows and columns of the tiles of a large batch's pairs (4 MiB per tile in float32).
+_LARGE_BATCH_BLOCK = 1024
+#: Warn once per pass about a batch whose exact norm costs more multiply-adds than this.
+_WARN_MULTIPLY_ADDS = 5e10
 
 
 class _LastLayerScorer(HeadScorer):
@@ -115,7 +128,7 @@ class _LastLayerScorer(HeadScorer):
     ``addmm``, and its logits and targets are kept (references, no copy). When ``B`` batches of
     one shape are queued, their curvatures and norms are computed with batched operations, so
     the fixed cost of each tensor operation is paid once per group rather than once per batch.
-    Batches of more than 2048 rows are evaluated alone, in row blocks.
+    Batches of more than 2048 rows are evaluated alone, in tiles of pairs of examples.
     """
 
     def __init__(
@@ -136,6 +149,7 @@ class _LastLayerScorer(HeadScorer):
         self._pending_shape: torch.Size | None = None
         self._gram_buffer: torch.Tensor | None = None
         self._with_bias = False
+        self._warned = False
 
     def _check_first_batch(self, call: HeadCall, outputs: torch.Tensor) -> None:
         if not call.layer.weight.requires_grad:
@@ -209,7 +223,7 @@ class _LastLayerScorer(HeadScorer):
         rows = activations.shape[0]
         if rows > _GROUP_MAX_ROWS:
             self._flush()
-            self._values.append(self._chunked(activations, logits, targets, outputs.shape))
+            self._values.append(self._blocked(activations, logits, targets, outputs.shape))
             return
         key = (
             rows,
@@ -251,29 +265,49 @@ class _LastLayerScorer(HeadScorer):
         targets = torch.stack([y for _, y in self._pending])
         gram = self._gram_buffer[: len(self._pending)].square_()
         curvature = curvature_of(self._spec, logits, targets, self._pending_shape)
-        self._values.append(curvature.frobenius_squared(gram, slice(None)))
+        self._values.append(curvature.frobenius_squared(gram))
         self._pending.clear()
 
-    def _chunked(
+    def _blocked(
         self,
         activations: torch.Tensor,
         logits: torch.Tensor,
         targets: torch.Tensor,
         output_shape: torch.Size,
     ) -> torch.Tensor:
-        """One large batch, ``chunk_size`` rows of the Gram matrix at a time."""
+        """One large batch in ``block x block`` tiles of the pairs of examples, each pair once:
+        the diagonal tiles plus twice the tiles above them (``K`` and ``G`` are symmetric)."""
         n = activations.shape[0]
-        chunk = self._chunk_size or max(1, _GRAM_BUDGET // n)
+        block = self._chunk_size or _LARGE_BATCH_BLOCK
         curvature = curvature_of(self._spec, logits[None], targets[None], output_shape)
+        if not self._warned:
+            self._warn_if_costly(n, activations.shape[1] + 1, curvature.pair_cost)
         total = activations.new_zeros(1)
-        for start in range(0, n, chunk):
-            rows = slice(start, min(n, start + chunk))
-            if self._with_bias:
-                gram = torch.addmm(one(activations), activations[rows], activations.T)
-            else:
-                gram = activations[rows] @ activations.T
-            total = total + curvature.frobenius_squared(gram.square_()[None], rows)
+        starts = range(0, n, block)
+        for index, start in enumerate(starts):
+            rows = slice(start, min(n, start + block))
+            for other in starts[index:]:
+                columns = slice(other, min(n, other + block))
+                if self._with_bias:
+                    gram = torch.addmm(one(activations), activations[rows], activations[columns].T)
+                else:
+                    gram = activations[rows] @ activations[columns].T
+                value = curvature.symmetric_block(gram.square_()[None], rows, columns)
+                total = total + (value if other == start else 2.0 * value)
         return total
+
+    def _warn_if_costly(self, n: int, width: int, pair_cost: int) -> None:
+        multiply_adds = n * n * (width + pair_cost) / 2
+        if multiply_adds > _WARN_MULTIPLY_ADDS:
+            self._warned = True
+            warnings.warn(
+                f"last_layer: one batch of {n} examples costs about {multiply_adds:.1e} "
+                f"multiply-adds (n^2 (d + c) / 2 with d = {width} activations and c = "
+                f"{pair_cost} per pair of examples), which grows with the square of the batch "
+                "size: expect seconds to minutes on a CPU. The score is a per-batch norm; "
+                "smaller batches cost quadratically less.",
+                stacklevel=6,
+            )
 
     def results(self) -> torch.Tensor:
         device = self._gram_buffer.device if self._gram_buffer is not None else None

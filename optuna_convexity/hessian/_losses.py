@@ -10,7 +10,7 @@ where ``Lambda_i = d^2 ell / dz_i^2`` (C x C) already contains the reduction's w
     ||H||_F^2 = sum_{i,j} <Lambda_i, Lambda_j>_F (a~_i . a~_j)^2 .
 
 This module turns a loss function and a batch of logits into the matrix
-``K_ij = <Lambda_i, Lambda_j>_F`` (row blocks of it, to keep memory at O(chunk * n)).
+``K_ij = <Lambda_i, Lambda_j>_F`` (whole, or one block at a time for large batches).
 """
 
 from __future__ import annotations
@@ -122,12 +122,22 @@ def describe_loss(loss_fn: Any) -> LossSpec | None:
 class Curvature:
     """The per-example curvature blocks ``Lambda_i`` of a group of ``B`` batches of ``n`` rows.
 
-    :meth:`frobenius_squared` returns, for each batch ``b``, ``sum_{i in rows, j}
-    <Lambda_bi, Lambda_bj>_F G_bij`` given the row block ``G[:, rows]`` (shape ``(B, r, n)``) of a
-    symmetric, entrywise non-negative ``G`` (the squared Gram matrix of the activations).
+    :meth:`frobenius_squared` returns, for each batch ``b``, ``sum_{i, j} <Lambda_bi,
+    Lambda_bj>_F G_bij`` given a symmetric, entrywise non-negative ``G`` of shape ``(B, n, n)``
+    (the squared Gram matrix of the activations); :meth:`symmetric_block` the same sum over
+    one block of ``G``, for large batches.
     """
 
-    def frobenius_squared(self, gram_rows: torch.Tensor, rows: slice) -> torch.Tensor:
+    #: Multiply-adds per pair of examples in :meth:`symmetric_block` (beyond the Gram matrix).
+    pair_cost = 0
+
+    def frobenius_squared(self, gram: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def symmetric_block(self, gram: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
+        """``sum_{i in rows, j in columns} (K_ij + K_ji) / 2 * G_ij`` for one block ``G[rows,
+        columns]`` (shape ``(B, r, c)``): the whole sum is the diagonal blocks plus twice the
+        blocks above them, so each pair of examples is visited once."""
         raise NotImplementedError
 
 
@@ -148,13 +158,18 @@ class FactoredCurvature(Curvature):
         self._phi_t = phi_t
         self._scale = scale
 
-    def frobenius_squared(self, gram_rows: torch.Tensor, rows: slice) -> torch.Tensor:
+    def frobenius_squared(self, gram: torch.Tensor) -> torch.Tensor:
         phi_t = self._phi_t
-        if gram_rows.shape[1] == gram_rows.shape[2]:  # all rows: G is symmetric
-            total = (phi_t * torch.bmm(phi_t, gram_rows)).sum(dim=(1, 2))
-        else:
-            products = torch.bmm(phi_t, gram_rows.transpose(1, 2))
-            total = (phi_t[:, :, rows] * products).sum(dim=(1, 2))
+        total = (phi_t * torch.bmm(phi_t, gram)).sum(dim=(1, 2))  # G is symmetric
+        return total if self._scale is None else total * self._scale
+
+    @property
+    def pair_cost(self) -> int:  # type: ignore[override]
+        return int(self._phi_t.shape[1])
+
+    def symmetric_block(self, gram: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
+        kernel = torch.bmm(self._phi_t[:, :, rows].transpose(1, 2), self._phi_t[:, :, columns])
+        total = (kernel * gram).sum(dim=(1, 2))
         return total if self._scale is None else total * self._scale
 
 
@@ -164,8 +179,11 @@ class ConstantCurvature(Curvature):
     def __init__(self, c: float, n_outputs: int) -> None:
         self._value = c * c * n_outputs
 
-    def frobenius_squared(self, gram_rows: torch.Tensor, rows: slice) -> torch.Tensor:
-        return gram_rows.sum(dim=(1, 2)) * self._value
+    def frobenius_squared(self, gram: torch.Tensor) -> torch.Tensor:
+        return gram.sum(dim=(1, 2)) * self._value
+
+    def symmetric_block(self, gram: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
+        return gram.sum(dim=(1, 2)) * self._value
 
 
 _complement_matrices: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
@@ -249,24 +267,47 @@ class PairwiseSoftmaxCurvature(Curvature):
         self._one_minus_top = one_minus_top
         self._omega = omega
 
-    def frobenius_squared(self, gram_rows: torch.Tensor, rows: slice) -> torch.Tensor:
+    def frobenius_squared(self, gram: torch.Tensor) -> torch.Tensor:
         r, top = self._r, self._top
-        r_rows = r[:, rows]
-        top_rows = top[:, rows]
-        rr = torch.bmm(r_rows, r.transpose(1, 2))
-        rr2 = torch.bmm(r_rows, self._r_squared.transpose(1, 2))
-        m = torch.gather(r_rows, 2, top[:, None, :].expand(-1, r_rows.shape[1], -1))
-        m_transposed = torch.gather(r, 2, top_rows[:, None, :].expand(-1, r.shape[1], -1))
-        m_transposed = m_transposed.transpose(1, 2)
-        same_top = (top_rows[:, :, None] == top[:, None, :]).to(rr.dtype)
+        rr = torch.bmm(r, r.transpose(1, 2))
+        rr2 = torch.bmm(r, self._r_squared.transpose(1, 2))
+        m = torch.gather(r, 2, top[:, None, :].expand(-1, r.shape[1], -1))
+        same_top = (top[:, :, None] == top[:, None, :]).to(rr.dtype)
         k = (
             rr * (1.0 + rr + 2.0 * same_top)
             + 2.0 * rr2
             - 4.0 * m * (self._one_minus_top[:, None, :] + rr)
-            + 2.0 * m * m_transposed
+            + 2.0 * m * m.transpose(1, 2)
         )
-        k = k * (self._omega[:, rows, None] * self._omega[:, None, :])
-        return (k * gram_rows).sum(dim=(1, 2))
+        k = k * (self._omega[:, :, None] * self._omega[:, None, :])
+        return (k * gram).sum(dim=(1, 2))
+
+    @property
+    def pair_cost(self) -> int:  # type: ignore[override]
+        return 3 * int(self._r.shape[2])  # r_i . r_j and the symmetrised sum r_i . r_j^2
+
+    def symmetric_block(self, gram: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
+        """The symmetrised ``(K_ij + K_ji) / 2`` of the expansion above, for one block:
+        ``RR (1 + RR + 2 [k_i = k_j]) + RR2s - 2 M (q_j + RR) - 2 M' (q_i + RR) + 2 M M'``
+        with ``RR2s = sum_c r_ic r_jc (r_ic + r_jc)`` (two products, no concatenation),
+        ``M_ij = r_i[k_j]`` and ``M'_ij = r_j[k_i]``."""
+        r_rows, r_columns = self._r[:, rows], self._r[:, columns]
+        top_rows, top_columns = self._top[:, rows], self._top[:, columns]
+        rr = torch.bmm(r_rows, r_columns.transpose(1, 2))
+        rr2 = torch.bmm(self._r_squared[:, rows], r_columns.transpose(1, 2))
+        rr2 = torch.baddbmm(rr2, r_rows, self._r_squared[:, columns].transpose(1, 2))
+        m = torch.gather(r_rows, 2, top_columns[:, None, :].expand(-1, r_rows.shape[1], -1))
+        m_swapped = torch.gather(
+            r_columns, 2, top_rows[:, None, :].expand(-1, r_columns.shape[1], -1)
+        )
+        m_swapped = m_swapped.transpose(1, 2)
+        same_top = top_rows[:, :, None] == top_columns[:, None, :]
+        k = rr * (1.0 + rr + 2.0 * same_top) + rr2
+        k -= 2.0 * m * (self._one_minus_top[:, None, columns] + rr)
+        k -= 2.0 * m_swapped * (self._one_minus_top[:, rows, None] + rr)
+        k += 2.0 * m * m_swapped
+        k *= self._omega[:, rows, None] * self._omega[:, None, columns]
+        return (k * gram).sum(dim=(1, 2))
 
 
 #: From this many classes on, the C x C blocks of ``Phi`` cost more than the pairwise form.

@@ -277,19 +277,49 @@ def test_grouping_does_not_change_values(group_size: int) -> None:
     assert result.batch_norms == pytest.approx(reference, rel=RELATIVE_TOLERANCE)
 
 
-@pytest.mark.parametrize("loss", [nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss()])
-def test_large_batch_is_chunked_exactly(loss: nn.Module) -> None:
-    n_out = 4 if isinstance(loss, nn.CrossEntropyLoss) else 2
+@pytest.mark.parametrize(
+    ("loss", "n_out"),
+    [
+        (nn.CrossEntropyLoss(), 4),  # the factored form
+        (nn.CrossEntropyLoss(), 50),  # the pairwise form (48 classes and more)
+        (nn.BCEWithLogitsLoss(), 2),
+        (nn.MSELoss(), 3),
+    ],
+    ids=["cross_entropy", "cross_entropy_pairwise", "bce", "mse"],
+)
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_batch_in_tiles_is_exact(loss: nn.Module, n_out: int, device: str) -> None:
+    """A batch above the grouping limit, in tiles of 300 (the last one ragged), against the
+    dense float64 Hessian of the head; confident predictions make the pairwise terms small."""
     model = mlp(3, 4, n_out).double()
-    x = torch.randn(2100, 3, dtype=torch.float64)
-    y = (
-        torch.randint(0, n_out, (2100,))
-        if isinstance(loss, nn.CrossEntropyLoss)
-        else torch.randint(0, 2, (2100, n_out)).double()
-    )
+    with torch.no_grad():
+        model[2].weight.mul_(3.0)
+    n = 2100
+    x = torch.randn(n, 3, dtype=torch.float64)
+    if isinstance(loss, nn.CrossEntropyLoss):
+        y = torch.randint(0, n_out, (n,))
+    elif isinstance(loss, nn.BCEWithLogitsLoss):
+        y = torch.randint(0, 2, (n, n_out)).double()
+    else:
+        y = torch.randn(n, n_out, dtype=torch.float64)
+    model, x, y = model.to(device), x.to(device), y.to(device)
     result = strong_convexity(model, [(x, y)], loss, estimator=LastLayerEstimator(chunk_size=300))
     expected = dense_head_hessian_norm(model, model[2], x, y, loss)
     assert result.mu == pytest.approx(expected, rel=RELATIVE_TOLERANCE)
+    default_tiles = strong_convexity(model, [(x, y)], loss)
+    assert default_tiles.mu == pytest.approx(expected, rel=RELATIVE_TOLERANCE)
+
+
+def test_costly_large_batch_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optuna_convexity.hessian import _last_layer
+
+    monkeypatch.setattr(_last_layer, "_WARN_MULTIPLY_ADDS", 1e6)
+    model = mlp(3, 4, 5)
+    batches = [(torch.randn(2100, 3), torch.randint(0, 5, (2100,))) for _ in range(2)]
+    with pytest.warns(UserWarning, match="one batch of 2100 examples costs about") as caught:
+        strong_convexity(model, batches, nn.CrossEntropyLoss())
+    assert len([w for w in caught if "costs about" in str(w.message)]) == 1
+    assert caught[0].filename == __file__  # points at the caller's line
 
 
 def _textbook_float32_norm(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> float:
