@@ -23,8 +23,9 @@ products for the two reverse-over-reverse strategies, ``k / m`` times the measur
 the cheapest for the rest of the pass. What this chose, on a shared 2-core CPU (torch 2.13,
 batches of 128, k = 16; ``benchmarks/hessian_speed.py``): ``"loop"`` for both the MLP and the
 CNN of the benchmark, whose forward-over-reverse products cost about twice as much on a CPU.
-If the model cannot be differentiated twice, ``"auto"`` uses ``"forward"``; if ``vmap`` cannot
-trace the model (data-dependent Python control flow), it leaves ``"forward"`` out.
+A call with fewer than 4 probes runs ``"batched"`` and leaves the choice to a later call. If
+the model cannot be differentiated twice, ``"auto"`` uses ``"forward"``; if ``torch.func``
+cannot transform it (e.g. a legacy ``autograd.Function``), it leaves ``"forward"`` out.
 
 No strategy writes ``.grad``, changes ``requires_grad`` or touches the parameters or buffers:
 ``functional_call`` swaps detached views of the parameters in and restores the originals.
@@ -268,8 +269,7 @@ class BoundHessian:
             _logger.debug("Double backward failed (%s); using torch.func instead.", error)
             owner.strategy = "forward"
             return self._forward_over_reverse(vectors, keep_products)
-        if n_probes < 4:  # too few probes to measure three ways: the vectorised default
-            owner.strategy = "batched"
+        if n_probes < 4:  # too few to measure three ways: decide on a later, larger call
             return self._batched(vectors, keep_products)
         first = tuple(v[:1] for v in vectors)
         rest = tuple(v[1:] for v in vectors)

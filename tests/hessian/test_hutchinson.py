@@ -111,6 +111,21 @@ def test_every_product_strategy_is_exact(strategy: str) -> None:
             assert hvp.strategy == min(hvp.measured, key=hvp.measured.__getitem__)
 
 
+def test_auto_decides_only_on_a_call_it_could_measure() -> None:
+    model, x, y = _problem("mlp")
+    loss = nn.CrossEntropyLoss()
+    hessian = dense_hessian(model, x, y, loss)
+    hvp = HessianVectorProduct(model.eval(), loss, "auto")
+    bound = hvp.bind((x,), {}, y)
+    for n_probes, decided in ((3, False), (8, True)):
+        vectors = tuple(torch.randn(n_probes, *p.shape, dtype=p.dtype) for p in hvp.parameters)
+        flat_vectors = torch.cat([v.reshape(n_probes, -1) for v in vectors], dim=1)
+        expected = (flat_vectors @ hessian.T).square().sum(dim=1)
+        assert torch.allclose(bound.squared_norms(vectors), expected, rtol=1e-9, atol=1e-12)
+        assert (hvp.strategy != "auto") == decided
+        assert set(hvp.measured) == ({"batched", "loop", "forward"} if decided else set())
+
+
 @pytest.mark.parametrize("keep_products", [True, False])
 def test_forward_over_reverse_matches_dense_with_frozen_parameters_and_buffers(
     keep_products: bool,
