@@ -546,6 +546,14 @@ def main() -> None:
         default=None,
         help="examples in the one large batch (default 20000; 4096 quick)",
     )
+    parser.add_argument(
+        "--large-rounds", type=int, default=None, help="rounds of the large batch (default 2)"
+    )
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="leave out the torch.compile contender (its compilation takes minutes on a busy CPU)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -561,7 +569,8 @@ def main() -> None:
     n_large = args.large_batch or (4096 if args.quick else 20000)
     # The whole-network contenders cost 20-200 forward passes: fewer batches and rounds.
     whole_rounds, n_whole_batches = max(1, rounds // 3), max(2, n_batches // 4)
-    whole_network, missing = whole_network_contenders(strategies=True, compiled=not args.quick)
+    compiled = not (args.quick or args.no_compile)
+    whole_network, missing = whole_network_contenders(strategies=True, compiled=compiled)
     print(
         f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; "
         "ratios to a forward-only pass over the same batches in the same round: median [q1, q3]"
@@ -570,6 +579,8 @@ def main() -> None:
     )
     for note in missing:
         print(f"  ({note})")
+    if not compiled:
+        print("  (hutchinson compiled left out: --quick or --no-compile)")
     batches = synthetic_batches(n_batches, 128, device)
     for name, factory in (("MLP 784-256-256-10", mlp), ("small CNN", cnn)):
         torch.manual_seed(0)
@@ -591,7 +602,7 @@ def main() -> None:
         if compiled is not None:
             print(f"  hutchinson compiled: first run (with compilation) {warm_up[compiled]:.1f} s")
         sys.stdout.flush()
-    large_batch(n_large, 1 if args.quick else 2, device)
+    large_batch(n_large, args.large_rounds or (1 if args.quick else 2), device)
     accuracy_table(
         n_batches=2 if args.quick else 8, n_seeds=2 if args.quick else 5, n_probes=n_probes
     )
