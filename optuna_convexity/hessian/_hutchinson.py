@@ -59,8 +59,8 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
             ``torch.func.jvp`` of ``torch.func.grad``), or ``"auto"``: split the first batch's
             probes between the three, time each on its share (every product is used) and keep
             the one projected to be cheapest per batch (this adds a few device
-            synchronisations on the first batch). On a 2-core CPU ``"auto"`` chose ``"loop"``
-            for the MLP and the CNN of ``benchmarks/hessian_speed.py``.
+            synchronisations on the first batch). In ``benchmarks/hessian_speed.py`` on a CPU
+            it chose ``"batched"`` for the MLP and ``"loop"`` for the CNN.
         compile:
             Compile the forward-over-reverse products with ``torch.compile`` (needs
             ``strategy="forward"``). Compilation costs tens of seconds per model on a CPU,

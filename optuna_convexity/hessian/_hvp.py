@@ -20,9 +20,11 @@ each timed on its own part; every product is used, so the measurement costs no e
 It projects each strategy's cost for a whole batch of ``k`` probes (graph + ``k`` per-probe
 products for the two reverse-over-reverse strategies, ``k / m`` times the measured call for
 ``"forward"``, which over-counts its shared forward and backward, a bias against it) and keeps
-the cheapest for the rest of the pass. What this chose, on a shared 2-core CPU (torch 2.13,
-batches of 128, k = 16; ``benchmarks/hessian_speed.py``): ``"loop"`` for both the MLP and the
-CNN of the benchmark, whose forward-over-reverse products cost about twice as much on a CPU.
+the cheapest for the rest of the pass. What it chose in the run recorded in
+``benchmarks/results/hessian_speed.txt`` (one thread of a heavily shared 2-core CPU, torch
+2.13, batches of 128, k = 16): ``"batched"`` for the MLP and ``"loop"`` for the CNN; forcing
+``"forward"`` took 0.83 of PyHessian's time on the MLP (``"auto"``: 0.86) and 2.6 times it on
+the CNN.
 A call with fewer than 4 probes runs ``"batched"`` and leaves the choice to a later call. If
 the model cannot be differentiated twice, ``"auto"`` uses ``"forward"``; if ``torch.func``
 cannot transform it (e.g. a legacy ``autograd.Function``), it leaves ``"forward"`` out.
