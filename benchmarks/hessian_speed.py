@@ -39,7 +39,7 @@ is left out with a note.
 
 Usage::
 
-    python benchmarks/hessian_speed.py                  # about 10 minutes on 2 CPU cores
+    python benchmarks/hessian_speed.py                  # several minutes on 2 CPU cores
     python benchmarks/hessian_speed.py --quick          # a smoke run, under a minute
     python benchmarks/hessian_speed.py --device cuda    # on a CUDA machine
 """
