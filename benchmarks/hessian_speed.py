@@ -544,7 +544,7 @@ def main() -> None:
         "--large-batch",
         type=int,
         default=None,
-        help="examples in the one large batch (default 20000; 4096 quick)",
+        help="examples in the one large batch (default 20000; 2304 quick)",
     )
     parser.add_argument(
         "--large-rounds", type=int, default=None, help="rounds of the large batch (default 2)"
@@ -566,7 +566,7 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 15)
     n_batches = args.batches or (2 if args.quick else 40)
     n_probes = args.probes or (4 if args.quick else 16)
-    n_large = args.large_batch or (4096 if args.quick else 20000)
+    n_large = args.large_batch or (2304 if args.quick else 20000)
     # The whole-network contenders cost 20-200 forward passes: fewer batches and rounds.
     whole_rounds, n_whole_batches = max(1, rounds // 3), max(2, n_batches // 4)
     compiled = not (args.quick or args.no_compile)

@@ -92,7 +92,7 @@ def test_quick_mode_prints_every_contender_and_exact_closed_forms() -> None:
         [sys.executable, str(BENCHMARKS / "hessian_speed.py"), "--quick"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=480,  # generous: a busy shared machine slows it several times
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     output = completed.stdout
@@ -106,7 +106,7 @@ def test_quick_mode_prints_every_contender_and_exact_closed_forms() -> None:
         if "PyHessian" in contenders:
             assert re.search(r"^  time hutchinson / PyHessian .*" + verdict, section, re.M), model
         assert re.search(r'strategy="auto" chose (batched|loop|forward) ', section), model
-    large = output.split("One batch of 4096 examples, 1000 classes", 1)[1]
+    large = output.split("One batch of 2304 examples, 1000 classes", 1)[1]
     assert re.search(r"^  last_layer .*<= 10\.00  (met|NOT met)$", large, re.MULTILINE)
     assert re.search(r"at 4 products: .* the lower is (hutch\+\+|hutchinson)$", output, re.M)
     # The exact estimator agrees with its dense block to rounding, on both small models.
