@@ -87,6 +87,7 @@ def test_whole_network_contenders_estimate_each_batch_on_its_own() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_quick_mode_prints_every_contender_and_exact_closed_forms() -> None:
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "hessian_speed.py"), "--quick"],
