@@ -89,6 +89,20 @@ _TRIAL_NOTE_KEY = "trial-note:"
 #: optuna-dashboard's system attribute holding the version of a trial's note.
 _TRIAL_NOTE_VERSION = re.compile(r"dashboard:(\d+):note_ver")
 _lock = threading.Lock()
+_INSTALL_HINT = (
+    "Install the dashboard extra (pip install 'optuna-convexity[dashboard]'): the next search "
+    "on this storage then draws the note and figures of the whole study."
+)
+#: The notices this process has given (each is logged once per process).
+_given: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    with _lock:
+        if message in _given:
+            return
+        _given.add(message)
+    _logger.warning(message)
 
 
 def refresh(study: optuna.Study, finishing: Finishing | None = None) -> None:
@@ -100,14 +114,17 @@ def refresh(study: optuna.Study, finishing: Finishing | None = None) -> None:
     try:
         import optuna_dashboard
     except ImportError:  # the ``dashboard`` extra is not installed
-        _logger.debug("optuna-dashboard is not installed: no dashboard note or figures.")
+        _warn_once(
+            "optuna-dashboard is not installed: this search draws no dashboard note or figures. "
+            f"{_INSTALL_HINT}"
+        )
         return
     from optuna_convexity.visualization import _plotly_imports
 
     if not _plotly_imports.is_available():
-        _logger.debug(
+        _warn_once(
             "plotly is not installed: the dashboard note is kept up to date, but no figures "
-            f"are drawn ({_plotly_imports._import_error})."
+            f"are drawn ({_plotly_imports._import_error}). {_INSTALL_HINT}"
         )
     readers = _dashboard_readers()
     with _lock:

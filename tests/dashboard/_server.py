@@ -52,8 +52,11 @@ class DashboardServer:
 
 
 @contextlib.contextmanager
-def dashboard_server(storage: str, attempts: int = 3) -> Iterator[DashboardServer]:
-    """Start the server and wait until it answers; stop it on exit.
+def dashboard_server(
+    storage: str, attempts: int = 3, cwd: Path | None = None
+) -> Iterator[DashboardServer]:
+    """Start the server (in ``cwd``, where a relative SQLite path is found) and wait until it
+    answers; stop it on exit.
 
     The port is free when chosen but could be taken before the server binds it: the server
     then exits, and another port is tried.
@@ -68,6 +71,7 @@ def dashboard_server(storage: str, attempts: int = 3) -> Iterator[DashboardServe
                     [command, storage, "--host", HOST, "--port", str(port), "--server", "wsgiref"],
                     stdout=output,
                     stderr=subprocess.STDOUT,
+                    cwd=cwd,
                 )
             try:
                 server = DashboardServer(process, port, log)

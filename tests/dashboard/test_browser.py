@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -52,20 +54,24 @@ def _dom(server: DashboardServer, path: str) -> str:
     return dom
 
 
-def _study_path(server: DashboardServer) -> str:
-    return f"/dashboard/studies/{screenshot_script.study_id(server.url, STUDY_NAME)}"
+def _study_path(server: DashboardServer, study_name: str = STUDY_NAME) -> str:
+    return f"/dashboard/studies/{screenshot_script.study_id(server.url, study_name)}"
 
 
-def test_study_page_draws_both_figures(server: DashboardServer) -> None:
-    dom = _dom(server, _study_path(server))
+def _assert_both_figures_drawn(dom: str) -> None:
     for figure_id, title in (
         ("convexity-screening", "Screening Plot"),
         ("convexity-mu-vs-value", "Mu vs Objective Value Plot"),
     ):
         start = dom.index(f'id="user-defined-plot:{figure_id}"')
-        drawn = dom[start : start + 20000]
+        end = dom.find('id="user-defined-plot:', start + 1)
+        drawn = dom[start : end if end > 0 else len(dom)]
         assert 'class="main-svg"' in drawn, f"{figure_id} was not drawn"
         assert title in drawn  # SVG text: plotly.js drew the figure's title
+
+
+def test_study_page_draws_both_figures(server: DashboardServer) -> None:
+    _assert_both_figures_drawn(_dom(server, _study_path(server)))
 
 
 def test_note_page_renders_the_leaderboard(server: DashboardServer) -> None:
@@ -147,3 +153,56 @@ def test_trial_table_sorts_by_mu(tmp_path: Path) -> None:
     # The diverged candidate has no mu: one empty cell, at an end (optuna-dashboard sorts a
     # missing value as the empty text, so before the numbers).
     assert cells.count("") == 1 and "" in (cells[0], cells[-1])
+
+
+def _readme_command(marker: str) -> list[list[str]]:
+    """The README's command after ``<!-- marker -->``, as its ``&&``-separated steps."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\n```bash\n(.*?)\n```", text, re.DOTALL)
+    assert match is not None, f"README.md has no command after <!-- {marker} -->"
+    return [shlex.split(step) for step in match.group(1).split(" && ")]
+
+
+def test_readme_extras_install_the_dashboard() -> None:
+    """The README's first command installs the extras that draw the note and the figures."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (install,) = [step for step in _readme_command("example-command") if "-e" in step]
+    assert install[:3] == ["pip", "install", "-e"]
+    match = re.fullmatch(r"\.\[(.*)\]", install[3])
+    assert match is not None, install
+    installed = {
+        re.split(r"[<>=!~;\[ ]", requirement)[0]
+        for extra in match.group(1).split(",")
+        for requirement in extras[extra]
+    }
+    assert {"optuna-dashboard", "plotly"} <= installed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_readme_quickstart_gives_the_dashboard_page(tmp_path: Path) -> None:
+    """Following the README in order: the quickstart search, then optuna-dashboard on its
+    storage, shows both figures on the study's page and the leaderboard in its note."""
+    *_, quickstart = _readme_command("example-command")
+    assert quickstart == ["python", "examples/quickstart.py"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / quickstart[1])],
+        cwd=tmp_path,  # a relative storage path, as in a fresh clone
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not installed" not in result.stderr, result.stderr[-3000:]
+    ((command, storage),) = _readme_command("dashboard-command")
+    assert command == "optuna-dashboard"
+    with dashboard_server(storage, cwd=tmp_path) as running:
+        study_path = _study_path(running, "quickstart")
+        _assert_both_figures_drawn(_dom(running, study_path))
+        note = _dom(running, study_path + "/note")
+    assert "Convexity search</h2>" in note
+    assert note.count("<table>") == 2  # the round's screening and promoted tables
+    assert "promoted rank" in note and "COMPLETE" in note

@@ -259,17 +259,23 @@ def test_worker_processes_sharing_a_database_leave_it_current(tmp_path: Path) ->
     assert _is_current(study)
 
 
-def test_without_optuna_dashboard_nothing_is_drawn_and_the_log_says_why(
+def test_without_optuna_dashboard_nothing_is_drawn_and_a_warning_says_so_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails
-    study = synthetic_study(n_screening=4, n_promoted=2)
-    with caplog.at_level(logging.DEBUG, logger="optuna_convexity._dashboard"):
-        study.optimize(synthetic_objective, n_trials=6)
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
-    assert "optuna-dashboard is not installed" in caplog.text
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    assert not [key for key in attrs if key.startswith(("dashboard:", "convexity:dashboard"))]
+    monkeypatch.setattr(_dashboard, "_given", set())  # as in a new process
+    studies = [synthetic_study(n_screening=4, n_promoted=2) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="optuna_convexity._dashboard"):
+        for study in studies:  # each refreshes three times: one notice for the process
+            study.optimize(synthetic_objective, n_trials=6)
+    for study in studies:
+        assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+        attrs = study._storage.get_study_system_attrs(study._study_id)
+        assert not [key for key in attrs if key.startswith(("dashboard:", "convexity:dashboard"))]
+    (record,) = [r for r in caplog.records if r.name == "optuna_convexity._dashboard"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith("optuna-dashboard is not installed")
+    assert "pip install 'optuna-convexity[dashboard]'" in record.getMessage()
 
 
 def test_without_plotly_the_note_is_kept_and_the_plots_say_what_to_install() -> None:
@@ -284,7 +290,6 @@ def test_without_plotly_the_note_is_kept_and_the_plots_say_what_to_install() -> 
 
         sys.meta_path.insert(0, NoPlotly())
         logging.basicConfig(level=logging.WARNING)
-        logging.getLogger("optuna_convexity._dashboard").setLevel(logging.DEBUG)
 
         import optuna_dashboard
         from optuna_convexity import visualization
@@ -311,7 +316,8 @@ def test_without_plotly_the_note_is_kept_and_the_plots_say_what_to_install() -> 
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "plotly is not installed: the dashboard note is kept up to date" in result.stderr
+    notice = "plotly is not installed: the dashboard note is kept up to date"
+    assert result.stderr.count(notice) == 1, result.stderr  # once, though it refreshed 3 times
     assert "ImportError: optuna_convexity.visualization.plot_screening needs plotly" in (
         result.stdout
     )
