@@ -4,14 +4,17 @@
     python examples/distributed/launcher.py --workers 8 \
         --storage postgresql+psycopg2://user:password@127.0.0.1/optuna
 
-Any extra arguments are passed to every worker (see worker.py). When they are done, the
-launcher prints the leaderboard. Ctrl-C stops every worker; running the launcher again
-continues the study.
+Each worker gets its share of this machine's cores as torch threads (``--threads``; one
+process per core at most is what a small model wants: more threads than cores make every
+worker slower). Any extra arguments are passed to every worker (see worker.py). When they are
+done, the launcher prints the leaderboard. Ctrl-C stops every worker; running the launcher
+again continues the study.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -25,12 +28,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from worker import make_storage
 
 
+def threads_per_worker(workers: int) -> int:
+    """This process's usable cores divided among ``workers`` (at least one each)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--storage", default="journal:distributed-search.log")
     parser.add_argument("--study-name", default="distributed")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: the usable cores divided among the workers, "
+        "at least 1)",
+    )
     args, passed_on = parser.parse_known_args()
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--workers and --threads must be at least 1")
+    threads = args.threads if args.threads is not None else threads_per_worker(args.workers)
 
     worker = Path(__file__).resolve().parent / "worker.py"
     command = [
@@ -40,6 +59,8 @@ def main() -> None:
         args.storage,
         "--study-name",
         args.study_name,
+        "--threads",
+        str(threads),
         *passed_on,
     ]
     # Each worker shows its progress on its own line of this terminal.

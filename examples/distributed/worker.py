@@ -21,6 +21,7 @@ import sys
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
+import torch
 
 import optuna_convexity
 
@@ -63,8 +64,17 @@ def main() -> None:
         default=None,
         help="the terminal line of this worker's progress",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of this worker (default: torch's, one per core; with several "
+        "workers on one machine, give each its share of the cores, as launcher.py does)",
+    )
     args = parser.parse_args()
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=args.study_name,
