@@ -90,8 +90,9 @@ _TRIAL_NOTE_KEY = "trial-note:"
 _TRIAL_NOTE_VERSION = re.compile(r"dashboard:(\d+):note_ver")
 _lock = threading.Lock()
 _INSTALL_HINT = (
-    "Install the dashboard extra (pip install 'optuna-convexity[dashboard]'): the next search "
-    "on this storage then draws the note and figures of the whole study."
+    "Install the dashboard extra (pip install 'optuna-convexity[dashboard]'): the next "
+    "promotion that a search on this storage decides or finishes then draws them for the "
+    "whole study."
 )
 #: The notices this process has given (each is logged once per process).
 _given: set[str] = set()

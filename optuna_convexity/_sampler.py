@@ -21,6 +21,7 @@ from optuna_convexity import _attrs
 from optuna_convexity import _criteria
 from optuna_convexity import _state
 from optuna_convexity import _waiting
+from optuna_convexity._budget import OptimizeBudget
 from optuna_convexity._criteria import Criterion
 from optuna_convexity._listeners import notify
 from optuna_convexity._roles import assign_roles
@@ -201,6 +202,7 @@ class ConvexitySampler(BaseSampler):
                 "screening_sampler instead."
             )
         self._open = OpenTrials()
+        self._budget = OptimizeBudget()
         self._barrier = ScreeningBarrier(poll_interval, wait_timeout, stale_warning, self._open)
         if min_screening is not None and not asynchronous:
             raise ValueError(
@@ -347,6 +349,9 @@ class ConvexitySampler(BaseSampler):
                 f"Trial {trial.number} retries trial {trial.system_attrs.get('failed_trial')}"
                 ", which ConvexitySampler did not run; it cannot tell its role."
             )
+        if not self.asynchronous:
+            slot = role.slot if role.phase == "screening" else None
+            self._budget.check(study, slot, self.n_screening, self.n_promoted)
         if role.phase == "screening":
             attrs: dict[str, Any] = {
                 _attrs.PHASE: _attrs.PHASE_SCREENING,

@@ -215,19 +215,44 @@ def _number(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def _mu(value: float | None) -> str:
+    """``mu`` with four significant digits, trailing zeros kept (``0.5000``, ``1.250e-05``)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:#.4g}"
+
+
 def _params(params: dict[str, Any]) -> str:
     return ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
     )
 
 
+#: Space at the start of every cell but the first: optuna-dashboard's Note tab draws tables
+#: without cell padding, and GFM keeps this space (it trims ASCII spaces only).
+_GAP = "\u2003"
+
+
+def _row(cells: list[str]) -> str:
+    """A Markdown table row whose cells keep apart in the dashboard."""
+    return "| " + " | ".join([cells[0], *(_GAP + cell for cell in cells[1:])]) + " |"
+
+
+def _table(headings: list[str], alignments: str) -> list[str]:
+    """A Markdown table's first two lines; ``alignments`` has ``r`` or ``l`` per column."""
+    rule = ["---:" if a == "r" else ":---" for a in alignments]
+    return [_row(headings), f"|{'|'.join(rule)}|"]
+
+
 def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
     """A Markdown leaderboard of the search: screening ranks with ``mu``, promoted results.
 
-    ``top`` limits the screening rows per round (by default, the promoted candidates plus five).
-    It is the text the dashboard note shows and the quickstart prints. It names the study's
-    metric if the study has one (``study.set_metric_names``), and says which criterion orders
-    the promotions.
+    ``top`` limits the screening rows per round (by default, the promoted candidates plus five)
+    and the table says how many it left out. It is the text the dashboard note shows and the
+    quickstart prints. It names the study's metric if the study has one
+    (``study.set_metric_names``), says which criterion orders the promotions and, for a
+    criterion with tiers (e.g. the better half of the one-epoch values first), the tier of each
+    candidate, so that a lower ``mu`` ranked below a higher one reads as intended.
 
     Example:
 
@@ -237,12 +262,14 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
     """
     names = study.metric_names
     metric = names[0] if names else "value"
-    criterion = _state.config_of(study).criterion
+    config = _state.config_of(study)
+    criterion = config.criterion
     lines = [
         f'Promotion order, `criterion="{criterion}"`: {_criteria.describe(criterion)}.',
         "",
     ]
-    for summary in summarize(study):
+    summaries = summarize(study)
+    for summary in summaries:
         n_valid = sum(1 for c in summary.candidates if c.screening_rank is not None)
         status = "screening done" if summary.screening_done else "screening in progress"
         lines.append(
@@ -250,19 +277,28 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
             f"{n_valid} valid), {len(summary.promotions)} promoted"
         )
         lines.append("")
-        lines.append(f"| screening rank | trial | mu | one-epoch {metric} | params |")
-        lines.append("|---:|---:|---:|---:|:---|")
+        tiered = any(c.tier is not None for c in summary.candidates)
+        tier_heading, tier_alignment = (["tier"], "l") if tiered else ([], "")
+        lines += _table(
+            ["screening rank", "trial", *tier_heading, "mu", f"one-epoch {metric}", "params"],
+            f"rr{tier_alignment}rrl",
+        )
         limit = top if top is not None else len(summary.promotions) + 5
         ordered = sorted(
             summary.candidates,
             key=lambda c: (c.screening_rank is None, c.screening_rank or 0, c.number),
         )
-        shown = [c for c in ordered if c.screening_rank is not None][:limit]
-        for c in shown:
+        ranked = [c for c in ordered if c.screening_rank is not None]
+        for c in ranked[:limit]:
             marker = " (promoted)" if c.number in summary.promoted_numbers else ""
+            tier = [str(c.tier)] if tiered else []
+            cells = [f"{c.screening_rank}{marker}", str(c.number), *tier, _mu(c.mu)]
+            lines.append(_row([*cells, _number(c.value), _params(c.params)]))
+        if len(ranked) > limit:
+            lines.append("")
             lines.append(
-                f"| {c.screening_rank}{marker} | {c.number} | {_number(c.mu)} | "
-                f"{_number(c.value)} | {_params(c.params)} |"
+                f"*{len(ranked) - limit} more ranked candidates not shown "
+                f"(`leaderboard(study, top={len(ranked)})` lists them all).*"
             )
         excluded = [c for c in ordered if c.screening_rank is None]
         if excluded:
@@ -279,15 +315,13 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
             )
         if summary.promotions or summary.unfilled_ranks:
             lines.append("")
-            lines.append(f"| promoted rank | trial | parent | mu | state | {metric} |")
-            lines.append("|---:|---:|---:|---:|:---|---:|")
+            headings = ["promoted rank", "trial", "parent", "mu", "state", metric]
+            lines += _table(headings, "rrrrlr")
             for p in summary.promotions:
-                lines.append(
-                    f"| {p.rank} | {p.number} | {p.parent} | {_number(p.mu)} | {p.state.name} | "
-                    f"{_number(p.value, 6)} |"
-                )
+                cells = [str(p.rank), str(p.number), str(p.parent), _mu(p.mu), p.state.name]
+                lines.append(_row([*cells, _number(p.value, 6)]))
             for rank in summary.unfilled_ranks:
-                lines.append(f"| {rank} | - | - | - | no valid candidate left | - |")
+                lines.append(_row([str(rank), "-", "-", "-", "no valid candidate left", "-"]))
         if summary.premise is not None:
             warning = (
                 "**Against the criterion's premise.** " if summary.premise.against_premise else ""
@@ -302,4 +336,23 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
             f"**Best trial: {best.number}**, {metric} {_number(best.value, 6)}, "
             f"params {_params(best.params)}"
         )
+    elif summaries:
+        lines.append(_nothing_completed(summaries, config.n_screening))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _nothing_completed(summaries: list[RoundSummary], n_screening: int) -> str:
+    """Why the study has no best trial yet (Optuna says only "No trials are completed yet")."""
+    first = summaries[0]
+    if not first.screening_done:
+        waiting = (
+            f"round {first.round} promotes once its {n_screening} screening trials have "
+            f"finished ({sum(1 for c in first.candidates if c.state.is_finished())} so far)"
+        )
+    else:
+        waiting = f"round {first.round}'s promoted trials have not completed"
+    return (
+        "**No trial has completed yet**, so `study.best_trial` raises: screening trials end "
+        f"PRUNED, only promoted trials complete, and {waiting}. Run more trials (a round is "
+        "`n_screening + n_promoted`)."
+    )

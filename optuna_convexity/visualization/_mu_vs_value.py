@@ -13,11 +13,13 @@ import optuna
 from optuna.study import Study
 from optuna.trial import TrialState
 
+from optuna_convexity._summary import _mu
 from optuna_convexity._summary import _number
 from optuna_convexity._summary import _params
 from optuna_convexity._summary import RoundSummary
 from optuna_convexity._summary import summarize
 from optuna_convexity.visualization import _plotly_imports
+from optuna_convexity.visualization._screening import _log_ticks
 
 
 if TYPE_CHECKING:
@@ -82,7 +84,7 @@ def _get_mu_vs_value_info(
                 [
                     f"Trial {p.number}: rank {p.rank} of round {summary.round}, "
                     f"reruns trial {p.parent}",
-                    f"mu: {_number(p.mu)}, {target_name}: {_number(p.value, 6)} ({p.state.name})",
+                    f"mu: {_mu(p.mu)}, {target_name}: {_number(p.value, 6)} ({p.state.name})",
                     _params(params.get(p.parent, {})),
                 ]
             )
@@ -154,13 +156,67 @@ def plot_mu_vs_value(study: Study, *, target_name: str = "Objective Value") -> g
     return _get_mu_vs_value_plot(_get_mu_vs_value_info(study, target_name))
 
 
+#: Where a point's label may go, and the label's centre relative to the point, in fractions
+#: of the plot's width and height (a label is about 4 % wide and 4 % high).
+_LABEL_PLACES = {
+    "top center": (0.0, 0.045),
+    "bottom center": (0.0, -0.045),
+    "middle right": (0.045, 0.0),
+    "middle left": (-0.045, 0.0),
+}
+
+
+def _label_positions(points: Sequence[_PromotedPoint], log_scale: bool) -> dict[int, str]:
+    """A ``textposition`` for each point's label that keeps it off the other labels and points:
+    each label, from left to right, takes the place farthest from what is already drawn."""
+    if not points:
+        return {}
+
+    def scaled(values: list[float]) -> list[float]:
+        low, high = min(values), max(values)
+        return [0.5 if high == low else (v - low) / (high - low) for v in values]
+
+    xs = scaled([math.log10(p.mu) if log_scale else p.mu for p in points])
+    ys = scaled([p.value for p in points])
+    taken = list(zip(xs, ys))  # every marker (point i at index i), then every label placed
+    positions = {}
+    for index in sorted(range(len(points)), key=lambda i: (xs[i], ys[i])):
+        others = [spot for j, spot in enumerate(taken) if j != index]
+        place = max(
+            _LABEL_PLACES,
+            key=lambda name: _clearance(xs[index], ys[index], _LABEL_PLACES[name], others),
+        )
+        positions[points[index].number] = place
+        dx, dy = _LABEL_PLACES[place]
+        taken.append((xs[index] + dx, ys[index] + dy))
+    return positions
+
+
+def _clearance(
+    x: float, y: float, offset: tuple[float, float], others: list[tuple[float, float]]
+) -> float:
+    """How far a label at ``offset`` from the point ``(x, y)`` is from everything else drawn
+    (city-block distance in plot fractions), less one if it falls outside the plot."""
+    x, y = x + offset[0], y + offset[1]
+    outside = 0.0 if -0.02 <= x <= 1.02 and -0.05 <= y <= 1.05 else 1.0
+    return min((abs(x - a) + abs(y - b) for a, b in others), default=1.0) - outside
+
+
 def _get_mu_vs_value_plot(info: _MuVsValueInfo) -> go.Figure:
+    xaxis: dict[str, Any] = {
+        "title": "mu of the screening candidate (lower is flatter)",
+        "type": "log" if info.log_scale else "linear",
+    }
+    if info.log_scale and info.points:
+        # plotly's own log ticks crowd within a decade (1, 1.5, 2, ... 4.5): 1-2-5 ticks read
+        ticks = _log_ticks(min(p.mu for p in info.points), max(p.mu for p in info.points))
+        if len(ticks) >= 2:
+            xaxis["tickvals"] = ticks
+            xaxis["ticktext"] = [f"{t:g}" for t in ticks]
+    positions = _label_positions(info.points, info.log_scale)
     layout = _plotly_imports.go.Layout(
         title="Mu vs Objective Value Plot (promoted trials)",
-        xaxis={
-            "title": "mu of the screening candidate (lower is flatter)",
-            "type": "log" if info.log_scale else "linear",
-        },
+        xaxis=xaxis,
         yaxis={"title": info.target_name},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0.0},
     )
@@ -176,7 +232,7 @@ def _get_mu_vs_value_plot(info: _MuVsValueInfo) -> go.Figure:
                 mode="markers+text",
                 name=status.value,
                 text=[f"#{p.number}" for p in points],
-                textposition="top center",
+                textposition=[positions[p.number] for p in points],
                 hovertext=[p.text for p in points],
                 hovertemplate="%{hovertext}<extra></extra>",
                 marker=_MARKERS[status],

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.study import Study
 
+from optuna_convexity._criteria import describe
 from optuna_convexity._state import config_of
+from optuna_convexity._summary import _mu
 from optuna_convexity._summary import _number
 from optuna_convexity._summary import _params
 from optuna_convexity._summary import RoundSummary
@@ -47,6 +49,8 @@ class _ScreeningPoint(NamedTuple):
     mu: float
     status: _Status
     text: str
+    #: The criterion's tier the candidate was ranked in (``None`` without tiers).
+    tier: str | None = None
 
 
 class _CutOff(NamedTuple):
@@ -67,6 +71,9 @@ class _ScreeningInfo(NamedTuple):
     #: Candidates without a finite score (running, failed before scoring, ...): not drawn.
     n_without_mu: int
     log_scale: bool
+    #: The study's criterion (``None`` for an empty study) and its tiers, first ranked first.
+    criterion: str | None = None
+    tiers: tuple[str, ...] = ()
 
 
 def _get_screening_info(
@@ -76,7 +83,8 @@ def _get_screening_info(
         summaries = summarize(study)
     if not summaries:
         return _ScreeningInfo([], [], 0, True)
-    n_promoted = config_of(study).n_promoted
+    config = config_of(study)
+    n_promoted = config.n_promoted
     points: list[_ScreeningPoint] = []
     cut_offs: list[_CutOff] = []
     n_without_mu = 0
@@ -91,29 +99,38 @@ def _get_screening_info(
             if c.mu is None or not math.isfinite(c.mu):
                 n_without_mu += 1
                 continue
+            tier = f" ({c.tier})" if c.tier is not None else ""
             if c.screening_rank is None:
                 status = _Status.NOT_RANKED
                 detail = f"not ranked: {c.excluded}"
             elif c.number in selected:
                 status = _Status.PROMOTED if summary.screening_done else _Status.LEADING
-                detail = f"screening rank {c.screening_rank}"
+                detail = f"screening rank {c.screening_rank}{tier}"
             else:
                 status = _Status.NOT_PROMOTED
-                detail = f"screening rank {c.screening_rank}"
+                detail = f"screening rank {c.screening_rank}{tier}"
             text = "<br>".join(
                 [
                     f"Trial {c.number} (round {summary.round}{progress})",
-                    f"mu: {_number(c.mu)}, {detail}",
+                    f"mu: {_mu(c.mu)}, {detail}",
                     f"one-epoch value: {_number(c.value)}",
                     _params(c.params),
                 ]
             )
-            points.append(_ScreeningPoint(c.number, summary.round, c.mu, status, text))
+            points.append(_ScreeningPoint(c.number, summary.round, c.mu, status, text, c.tier))
         cut_off = _get_cut_off(summary, selected)
         if cut_off is not None:
             cut_offs.append(cut_off)
     log_scale = all(p.mu > 0 for p in points)
-    return _ScreeningInfo(points, cut_offs, n_without_mu, log_scale)
+    first_rank: dict[str, int] = {}
+    for summary in summaries:
+        for c in summary.candidates:
+            if c.tier is not None and c.screening_rank is not None:
+                first_rank[c.tier] = min(
+                    first_rank.get(c.tier, c.screening_rank), c.screening_rank
+                )
+    tiers = tuple(sorted(first_rank, key=lambda tier: first_rank[tier]))
+    return _ScreeningInfo(points, cut_offs, n_without_mu, log_scale, config.criterion, tiers)
 
 
 def _get_cut_off(summary: RoundSummary, selected: set[int]) -> _CutOff | None:
@@ -145,7 +162,7 @@ def _get_cut_off(summary: RoundSummary, selected: set[int]) -> _CutOff | None:
         final=summary.screening_done,
         text=(
             f"Round {summary.round}: the {len(inside)} flattest candidates{state} "
-            f"(mu up to {_number(highest)}) are promoted"
+            f"(mu up to {_mu(highest)}) are promoted"
         ),
     )
 
@@ -160,9 +177,11 @@ def plot_screening(study: Study) -> go.Figure:
     it are rerun at the full budget. While a round is still screening, the line is dotted and
     the marks show what would be promoted if the screening ended now. Candidates that cannot
     be promoted are drawn in grey if they have a score, and the hover says why; those without
-    a score (still running, failed before scoring) are not drawn. With
-    ``criterion="mu_in_better_half"`` the one-epoch value takes part in the choice, so no line
-    is drawn when ``mu`` alone does not separate the promoted candidates from the others.
+    a score (still running, failed before scoring) are not drawn. The subtitle says which
+    criterion ranked the candidates. When the criterion ranks in tiers (e.g. the better half of
+    the one-epoch values first), candidates of the first tier are drawn filled and the others
+    open, which shows why a lower ``mu`` was not promoted; and when ``mu`` alone does not
+    separate the promoted candidates from the others, no cut-off line is drawn.
 
     The data are those of :func:`optuna_convexity.summarize`. The study may be loaded from
     its storage while the search runs.
@@ -227,6 +246,28 @@ def _log_ticks(low: float, high: float) -> list[float]:
     return [t for t in ticks if low <= t <= high]
 
 
+def _criterion_line(criterion: str, tiers: Sequence[str]) -> str:
+    """The subtitle: what ordered the candidates, cut into lines that fit the figure."""
+    words = f"Ranked by {criterion}: {describe(criterion)}.".split()
+    if len(tiers) > 1:
+        words += f"Filled: {tiers[0]}, ranked first; open: {', '.join(tiers[1:])}.".split()
+    lines = [""]
+    for word in words:
+        if lines[-1] and len(lines[-1]) + len(word) > 95:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {word}".strip()
+    return "<br>".join(lines)
+
+
+def _marker(status: _Status, tiers: Sequence[str], tier: str | None) -> dict[str, Any]:
+    """The status's marker; open (outline only) for candidates outside the first tier."""
+    marker = dict(_MARKERS[status])
+    if tier is not None and tiers and tier != tiers[0] and status != _Status.NOT_RANKED:
+        marker["symbol"] = marker["symbol"].removesuffix("-open") + "-open"
+        marker["line"] = {"width": 2, "color": marker["color"]}
+    return marker
+
+
 def _get_screening_plot(info: _ScreeningInfo) -> go.Figure:
     yaxis: dict[str, Any] = {
         "title": "mu (lower is flatter)",
@@ -237,28 +278,32 @@ def _get_screening_plot(info: _ScreeningInfo) -> go.Figure:
         if len(ticks) >= 2:  # otherwise plotly's own ticks, within one decade, read well
             yaxis["tickvals"] = ticks
             yaxis["ticktext"] = [f"{t:g}" for t in ticks]
+    title = "Screening Plot"
+    if info.criterion is not None:
+        title += f"<br><sup>{_criterion_line(info.criterion, info.tiers)}</sup>"
     layout = _plotly_imports.go.Layout(
-        title="Screening Plot",
+        title=title,
         xaxis={"title": "Trial"},
         yaxis=yaxis,
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0.0},
     )
     traces = []
     for status in _Status:
-        points = [p for p in info.points if p.status == status]
-        if not points:
-            continue
-        traces.append(
-            _plotly_imports.go.Scatter(
-                x=[p.number for p in points],
-                y=[p.mu for p in points],
-                mode="markers",
-                name=status.value,
-                text=[p.text for p in points],
-                hovertemplate="%{text}<extra></extra>",
-                marker=_MARKERS[status],
+        for tier in (*info.tiers, None):
+            points = [p for p in info.points if p.status == status and p.tier == tier]
+            if not points:
+                continue
+            traces.append(
+                _plotly_imports.go.Scatter(
+                    x=[p.number for p in points],
+                    y=[p.mu for p in points],
+                    mode="markers",
+                    name=status.value if tier is None else f"{status.value}, {tier}",
+                    text=[p.text for p in points],
+                    hovertemplate="%{text}<extra></extra>",
+                    marker=_marker(status, info.tiers, tier),
+                )
             )
-        )
     for i, cut_off in enumerate(info.cut_offs):
         traces.append(
             _plotly_imports.go.Scatter(

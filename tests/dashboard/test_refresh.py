@@ -30,6 +30,7 @@ from optuna_dashboard._custom_plot_data import get_plotly_graph_objects  # noqa:
 
 
 ROOT = Path(__file__).resolve().parents[2]
+GAP = "\u2003"  # between the leaderboard's cells (see optuna_convexity._summary._row)
 FIGURES = {_dashboard.SCREENING_FIGURE_ID, _dashboard.MU_VS_VALUE_FIGURE_ID}
 
 
@@ -69,7 +70,8 @@ def _served(study: optuna.Study) -> tuple[str, dict[str, str]]:
 
 
 def _row(note: str, rank: int, number: int) -> str:
-    (row,) = [line for line in note.splitlines() if line.startswith(f"| {rank} | {number} |")]
+    prefix = f"| {rank} | {GAP}{number} |"
+    (row,) = [line for line in note.splitlines() if line.startswith(prefix)]
     return row
 
 
@@ -128,18 +130,18 @@ def test_a_promoted_result_is_shown_before_optuna_stores_it() -> None:
     study.optimize(synthetic_objective, n_trials=4)
     trial = study.ask()  # rank 1: its promotion refreshes the dashboard
     assert optuna_convexity.is_promoted(trial)
-    assert "| RUNNING |" in _row(_served(study)[0], 1, trial.number)
+    assert f"| {GAP}RUNNING |" in _row(_served(study)[0], 1, trial.number)
     trial.report(0.25, 0)
 
     # What the sampler's after_trial does while Optuna tells the trial, before it stores it:
     frozen = study._storage.get_trial(trial._trial_id)
     assert frozen.state == TrialState.RUNNING
     _dashboard.refresh(study, (frozen, TrialState.COMPLETE, [0.5]))
-    assert "| COMPLETE | 0.5 |" in _row(_served(study)[0], 1, trial.number)
+    assert f"| {GAP}COMPLETE | {GAP}0.5 |" in _row(_served(study)[0], 1, trial.number)
     # Another worker refreshing before Optuna stores the result does not undo it.
     _dashboard.refresh(study)
     note, figures = _served(study)
-    assert "| COMPLETE | 0.5 |" in _row(note, 1, trial.number)
+    assert f"| {GAP}COMPLETE | {GAP}0.5 |" in _row(note, 1, trial.number)
     (complete,) = [
         t
         for t in json.loads(figures[_dashboard.MU_VS_VALUE_FIGURE_ID])["data"]
@@ -153,7 +155,7 @@ def test_a_promoted_result_is_shown_before_optuna_stores_it() -> None:
     study.optimize(synthetic_objective, n_trials=1)
     last = study.trials[-1]
     assert last.user_attrs[_attrs.RANK] == 2 and last.state == TrialState.COMPLETE
-    assert f"| COMPLETE | {last.value:.6g} |" in _row(_served(study)[0], 2, last.number)
+    assert f"| {GAP}COMPLETE | {GAP}{last.value:.6g} |" in _row(_served(study)[0], 2, last.number)
     assert _is_current(study)
 
 
@@ -186,7 +188,7 @@ def test_torn_content_is_repaired_by_the_next_refresh() -> None:
     storage, study_id = study._storage, study._study_id
     attrs = storage.get_study_system_attrs(study_id)
     assert _dashboard.NOTE_HEADING in attrs["dashboard:note_str:0"]
-    assert "| COMPLETE |" in attrs["dashboard:note_str:1"]
+    assert f"| {GAP}COMPLETE |" in attrs["dashboard:note_str:1"]
     # Chunks of another, interleaved write: text that no worker wrote, JSON that does not parse.
     storage.set_study_system_attr(study_id, "dashboard:note_str:1", "garbage")
     key = f"dashboard:plot_data:{_dashboard.SCREENING_FIGURE_ID}:0"
@@ -227,7 +229,7 @@ def test_a_write_of_another_process_inside_ours_is_repaired() -> None:
     assert not storage.before_write, "the competing write did not happen"
     note, figures = _served(study)
     assert note != outdated_note
-    assert "| RUNNING | 0.75 |" in _row(note, 2, trial.number)
+    assert f"| {GAP}RUNNING | {GAP}0.75 |" in _row(note, 2, trial.number)
     assert note.endswith(optuna_convexity.leaderboard(study))
     assert all(json.loads(figure) for figure in figures.values())
     assert _is_current(study)
@@ -254,7 +256,7 @@ def test_worker_processes_sharing_a_database_leave_it_current(tmp_path: Path) ->
     note, figures = _served(study)
     for trial in promoted:
         row = _row(note, trial.user_attrs[_attrs.RANK], trial.number)
-        assert f"| COMPLETE | {trial.value:.6g} |" in row
+        assert f"| {GAP}COMPLETE | {GAP}{trial.value:.6g} |" in row
     assert set(figures) == FIGURES
     assert _is_current(study)
 

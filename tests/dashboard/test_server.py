@@ -16,7 +16,9 @@ from optuna_convexity._criteria import describe
 from optuna_convexity._dashboard import MU_VS_VALUE_FIGURE_ID
 from optuna_convexity._dashboard import NOTE_HEADING
 from optuna_convexity._dashboard import SCREENING_FIGURE_ID
+from optuna_convexity._summary import _mu
 from optuna_convexity._summary import _number
+from optuna_convexity._summary import _row
 from optuna_convexity.visualization import plot_mu_vs_value
 from optuna_convexity.visualization import plot_screening
 from tests.dashboard._search import N_PROMOTED
@@ -112,10 +114,15 @@ def test_note_holds_the_leaderboard_with_every_promoted_result(
     assert body.endswith(leaderboard(searched_study))
     for trial in _trials(searched_study, _attrs.PHASE_PROMOTED):
         assert trial.state == TrialState.COMPLETE
-        row = (
-            f"| {trial.user_attrs[_attrs.RANK]} | {trial.number} | "
-            f"{trial.user_attrs[_attrs.PARENT]} | {_number(trial.user_attrs[_attrs.MU])} | "
-            f"COMPLETE | {_number(trial.value, 6)} |"
+        row = _row(
+            [
+                str(trial.user_attrs[_attrs.RANK]),
+                str(trial.number),
+                str(trial.user_attrs[_attrs.PARENT]),
+                _mu(trial.user_attrs[_attrs.MU]),
+                "COMPLETE",
+                _number(trial.value, 6),
+            ]
         )
         assert row in body, f"trial {trial.number} is not shown finished: {row}"
     for round_number in range(N_ROUNDS):

@@ -15,6 +15,7 @@ import pytest
 import optuna_convexity
 from optuna_convexity import _attrs
 from optuna_convexity import visualization
+from optuna_convexity._criteria import describe
 from optuna_convexity.visualization import plot_mu_vs_value
 from optuna_convexity.visualization import plot_screening
 from tests.dashboard._search import synthetic_objective
@@ -59,7 +60,7 @@ def test_screening_plot_marks_the_flattest_and_the_cut_off_per_round() -> None:
             max(t.number for t in ranked) + 0.5,
         )
     assert figure.layout.yaxis.type == "log"
-    assert figure.layout.title.text == "Screening Plot"
+    assert figure.layout.title.text.startswith("Screening Plot<br><sup>Ranked by mu: ")
 
 
 def test_screening_plot_without_a_cut_off_when_mu_alone_does_not_decide() -> None:
@@ -73,8 +74,58 @@ def test_screening_plot_without_a_cut_off_when_mu_alone_does_not_decide() -> Non
     others = [c.mu for c in summary.candidates if c.number not in chosen and c.mu is not None]
     assert max(c.mu or 0 for c in summary.candidates if c.number in chosen) > min(others)
     figure = plot_screening(study)
-    assert set(_traces(figure, "markers")["Promoted"].x) == chosen
+    promoted = [t for name, t in _traces(figure, "markers").items() if name.startswith("Promoted")]
+    assert {x for t in promoted for x in t.x} == chosen
     assert not _traces(figure, "lines")
+
+
+def test_screening_plot_shows_the_criterions_tiers() -> None:
+    """Why a lower mu was not promoted: it is drawn open, in the tier ranked after the first."""
+    criterion = "mu_in_better_half"  # a criterion with tiers, named: not the default's business
+    study = optuna.create_study(
+        sampler=optuna_convexity.ConvexitySampler(10, 3, seed=1, criterion=criterion),
+        pruner=optuna_convexity.ConvexityPruner(),
+    )
+    study.optimize(synthetic_objective, n_trials=13)
+    (summary,) = optuna_convexity.summarize(study)
+    tiers = {c.number: c.tier for c in summary.candidates}
+    assert set(tiers.values()) == {"better half", "other half"}
+    figure = plot_screening(study)
+    for trace in _traces(figure, "markers").values():
+        _status, tier = trace.name.split(", ")
+        assert {tiers[x] for x in trace.x} == {tier}
+        assert trace.marker.symbol.endswith("-open") == (tier == "other half"), trace.name
+    flattest = min(summary.candidates, key=lambda c: c.mu or math.inf)
+    assert flattest.tier == "other half" and flattest.number not in summary.promoted_numbers
+    subtitle = figure.layout.title.text.split("<sup>", 1)[1].replace("<br>", " ")
+    assert subtitle.startswith(f"Ranked by {criterion}: {describe(criterion)}.")
+    assert "Filled: better half, ranked first; open: other half." in subtitle
+
+
+def test_mu_vs_value_labels_keep_apart_and_the_log_axis_has_round_ticks() -> None:
+    """Labels of close points take different places; ticks are 1, 2 and 5 of each decade."""
+    from optuna_convexity.visualization._mu_vs_value import _label_positions
+    from optuna_convexity.visualization._mu_vs_value import _PromotedPoint
+    from optuna_convexity.visualization._mu_vs_value import _Status
+
+    def point(number: int, mu: float, value: float) -> _PromotedPoint:
+        return _PromotedPoint(number, mu, value, _Status.COMPLETE, False, "")
+
+    cluster = [point(1, 2.6, 0.970), point(2, 2.65, 0.9705), point(3, 2.7, 0.970)]
+    spread = [point(4, 0.9, 0.955), point(5, 4.5, 0.98)]
+    positions = _label_positions(cluster + spread, log_scale=True)
+    assert len({positions[p.number] for p in cluster}) == 3
+
+    study = synthetic_study(n_screening=6, n_promoted=3)
+    study.optimize(synthetic_objective, n_trials=9)
+    figure = plot_mu_vs_value(study)
+    ticks = figure.layout.xaxis.tickvals
+    mus = [x for t in figure.data for x in t.x]
+    if ticks is not None:  # several round ticks in the range: 1-2-5 of each decade
+        assert all(f"{t:.0e}"[0] in "125" for t in ticks)
+        assert min(mus) <= min(ticks) and max(ticks) <= max(mus)
+    (complete,) = [t for t in figure.data if t.name == "Complete"]
+    assert len(complete.textposition) == len(complete.x)
 
 
 def test_screening_plot_shows_excluded_candidates_and_counts_those_without_mu() -> None:

@@ -18,6 +18,8 @@ from torch.utils.data import TensorDataset
 
 import optuna_convexity
 from optuna_convexity import _attrs
+from optuna_convexity._criteria import DEFAULT_CRITERION
+from optuna_convexity._criteria import describe
 from optuna_convexity.hessian import strong_convexity
 from tests.search.helpers import check_round
 
@@ -159,8 +161,13 @@ def test_leaderboard_lists_screening_ranks_and_promotions() -> None:
     assert summary.screening_done and len(summary.candidates) == 5
     assert [p.rank for p in summary.promotions] == [1, 2]
     best_parent = summary.promotions[0].parent
-    assert f"| 1 (promoted) | {best_parent} |" in text
-    assert "| promoted rank | trial | parent | mu | state | value |" in text
+    gap = "\u2003"  # keeps the cells apart in optuna-dashboard's Note tab
+    (first,) = [c for c in summary.candidates if c.number == best_parent]
+    tier = f"{gap}{first.tier} | " if first.tier is not None else ""
+    assert f"| 1 (promoted) | {gap}{best_parent} | {tier}" in text
+    assert f'`criterion="{DEFAULT_CRITERION}"`: {describe(DEFAULT_CRITERION)}.' in text
+    headings = ["promoted rank", "trial", "parent", "mu", "state", "value"]
+    assert "| " + f" | {gap}".join(headings) + " |" in text
     assert f"**Best trial: {study.best_trial.number}**" in text
     # A study loaded without the sampler (as the dashboard does) summarises the same way.
     plain = optuna.load_study(study_name=study.study_name, storage=study._storage)

@@ -31,6 +31,7 @@ LAYERS = {
     "_roles": 1,
     "_state": 2,
     "_waiting": 3,
+    "_budget": 3,
     "_asynchronous": 3,
     "_sampler": 4,
     "_pruner": 4,
