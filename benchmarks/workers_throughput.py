@@ -50,7 +50,7 @@ def load() -> str:
 
 
 def run_once(workers: int, threads: int, search: list[str], directory: Path) -> float:
-    """Trials per minute of one launch of the distributed example."""
+    """Trials per minute of one launch of the distributed example (printed as it ends)."""
     log = directory / f"search-{workers}-{threads}-{time.monotonic_ns()}.log"
     command = [
         sys.executable,
@@ -73,7 +73,13 @@ def run_once(workers: int, threads: int, search: list[str], directory: Path) -> 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(log)))
     study = optuna.load_study(study_name="throughput", storage=storage)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    return 60.0 * len(finished) / seconds
+    rate = 60.0 * len(finished) / seconds
+    print(
+        f"  {workers} workers x {threads} threads: {len(finished)} trials in {seconds:.1f} s, "
+        f"{rate:.1f} trials per minute (load average now {load()})",
+        flush=True,
+    )
+    return rate
 
 
 def main() -> None:
