@@ -253,7 +253,7 @@ def _criterion_line(criterion: str, tiers: Sequence[str]) -> str:
         words += f"Filled: {tiers[0]}, ranked first; open: {', '.join(tiers[1:])}.".split()
     lines = [""]
     for word in words:
-        if lines[-1] and len(lines[-1]) + len(word) > 95:
+        if lines[-1] and len(lines[-1]) + len(word) > 70:  # fits half a dashboard page
             lines.append("")
         lines[-1] = f"{lines[-1]} {word}".strip()
     return "<br>".join(lines)
@@ -279,10 +279,14 @@ def _get_screening_plot(info: _ScreeningInfo) -> go.Figure:
             yaxis["tickvals"] = ticks
             yaxis["ticktext"] = [f"{t:g}" for t in ticks]
     title = "Screening Plot"
+    top = 80  # the title, then the legend above the plot area
     if info.criterion is not None:
-        title += f"<br><sup>{_criterion_line(info.criterion, info.tiers)}</sup>"
+        subtitle = _criterion_line(info.criterion, info.tiers)
+        title += f"<br><sup>{subtitle}</sup>"
+        top += 14 * (subtitle.count("<br>") + 1)
     layout = _plotly_imports.go.Layout(
-        title=title,
+        title={"text": title, "y": 0.96, "yanchor": "top"},
+        margin={"t": top},
         xaxis={"title": "Trial"},
         yaxis=yaxis,
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "left", "x": 0.0},
