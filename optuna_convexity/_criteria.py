@@ -25,7 +25,7 @@ Criterion = Literal["mu", "mu_in_better_half", "value", "train_loss", "high_mu_i
 #: Every criterion, in the order the documentation lists them.
 CRITERIA: tuple[str, ...] = get_args(Criterion)
 #: The criterion a :class:`~optuna_convexity.ConvexitySampler` uses unless told otherwise.
-DEFAULT_CRITERION: Criterion = "mu_in_better_half"
+DEFAULT_CRITERION: Criterion = "train_loss"
 
 _DESCRIPTIONS: dict[str, str] = {
     "mu": "the paper's rule: the lowest mu (flattest loss after screening) first",
@@ -33,10 +33,13 @@ _DESCRIPTIONS: dict[str, str] = {
         "the lowest mu first among the candidates whose one-epoch value is in the better half, "
         "then the lowest mu of the rest"
     ),
-    "value": "the best one-epoch reported value first (one rung of successive halving)",
+    "value": (
+        "the best one-epoch reported value first (one rung of successive halving); candidates "
+        "without a value last, by training loss"
+    ),
     "train_loss": (
-        "the lowest one-epoch training loss (recorded with mu) first; by the one-epoch value "
-        "when a candidate has no training loss"
+        "the lowest one-epoch training loss (recorded with mu by report_convexity) first; the "
+        "whole round by the one-epoch value when a candidate has no training loss"
     ),
     "high_mu_in_better_half": (
         "the highest mu first among the candidates whose one-epoch value is in the better half, "
@@ -112,11 +115,14 @@ def rank(signals: Sequence[Signals], criterion: str, maximize: bool = False) -> 
       lowest ``mu`` first. It keeps the paper's preference for flat losses but stops a barely
       trained configuration (tiny learning rate, huge batch), whose loss is flat because it has
       not moved, from ranking first.
-    - ``"value"``: the best one-epoch value first (by the study's direction); candidates that
-      reported no value last, lowest ``mu`` first.
+    - ``"value"``: the best one-epoch value first (by the study's direction), ties by the lower
+      training loss; candidates that reported no value last, by training loss (so a round whose
+      objective reported nothing before the trial ended is still ranked by what it learned).
     - ``"train_loss"``: the lowest training loss first. If any candidate has none (its ``mu``
       came from :func:`~optuna_convexity.record_mu` without ``train_loss``), the whole round is
       ranked as by ``"value"`` instead, so that candidates are never compared across signals.
+      The training loss is the mean loss of the scoring pass over the training batches, a
+      by-product of computing ``mu``.
     - ``"high_mu_in_better_half"``: as ``"mu_in_better_half"``, but the *highest* ``mu`` first
       in each half: after one epoch a sharper loss marks a configuration that is learning.
 
@@ -133,7 +139,13 @@ def rank(signals: Sequence[Signals], criterion: str, maximize: bool = False) -> 
     if criterion in ("value", "train_loss"):
         order = sorted(
             signals,
-            key=lambda s: (s.value is None, sign * (s.value or 0.0), s.mu, s.root),
+            key=lambda s: (
+                s.value is None,
+                sign * (s.value or 0.0),
+                s.train_loss is None,
+                s.train_loss or 0.0,
+                s.root,
+            ),
         )
         return [Ranked(s.root, None) for s in order]
     if criterion == "mu":
@@ -211,10 +223,10 @@ class PremiseCheck:
         if not self.against_premise:
             return text + "."
         expected = "lower" if MU_PREMISE[self.criterion] < 0 else "higher"
-        other = "'high_mu_in_better_half' or 'value'" if expected == "lower" else "'value'"
         return (
             f"{text}: criterion {self.criterion!r} promotes {expected} mu first, but here "
-            f"{expected} mu went with worse results. Consider criterion={other}."
+            f"{expected} mu went with worse results. Consider criterion={DEFAULT_CRITERION!r} "
+            "(the default)."
         )
 
 

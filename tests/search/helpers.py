@@ -49,8 +49,9 @@ def promotion_order(study: optuna.Study, valid: list[FrozenTrial]) -> list[Froze
     reported value is among the better ceil(n/2) of the n values (a tie at the boundary only if
     it fits whole), lowest ``mu`` first; then the rest, lowest ``mu`` first.
     ``"high_mu_in_better_half"``: the same halves, highest ``mu`` first. ``"value"``: best
-    reported value first (then lowest ``mu``), no value last. ``"train_loss"``: lowest recorded
-    training loss first if every candidate has one, else as ``"value"``.
+    reported value first (ties by lower training loss), no value last (by training loss).
+    ``"train_loss"``: lowest recorded training loss first if every candidate has one, else as
+    ``"value"``.
     """
     config = study._storage.get_study_system_attrs(study._study_id)["convexity:config"]
     criterion = config["criterion"]
@@ -68,10 +69,18 @@ def promotion_order(study: optuna.Study, valid: list[FrozenTrial]) -> list[Froze
     if criterion == "train_loss" and all(loss is not None for loss in losses):
         return sorted(valid, key=lambda t: (t.user_attrs[_attrs.TRAIN_LOSS], t.number))
     if criterion in ("value", "train_loss"):
+
+        def loss(t: FrozenTrial) -> tuple[bool, float]:
+            recorded = t.user_attrs.get(_attrs.TRAIN_LOSS)
+            return (recorded is None, recorded or 0.0)
+
+        by_number = sorted(valid, key=lambda t: t.number)
         with_value = sorted(
-            (t for t in by_mu if t.number in reported), key=lambda t: reported[t.number]
+            (t for t in by_number if t.number in reported),
+            key=lambda t: (reported[t.number], loss(t)),
         )
-        return with_value + [t for t in by_mu if t.number not in reported]
+        without = sorted((t for t in by_number if t.number not in reported), key=loss)
+        return with_value + without
     slots = (len(reported) + 1) // 2
     better: set[int] = set()
     for value in sorted(set(reported.values())):

@@ -224,3 +224,21 @@ def test_a_finished_round_reports_its_premise_in_the_log_and_the_leaderboard(
     board = optuna_convexity.leaderboard(study)
     assert "Premise check:" in board
     assert ("Against the criterion's premise" in board) is against
+
+
+def test_value_without_reported_values_ranks_by_the_training_loss() -> None:
+    """Without ConvexityPruner, report_convexity ends the trial before the objective reports:
+    the default criteria still rank by what the candidates learned, never by mu alone."""
+    signals = [
+        _criteria.Signals(root=0, mu=0.1, value=None, train_loss=2.0),
+        _criteria.Signals(root=1, mu=0.3, value=None, train_loss=0.5),
+        _criteria.Signals(root=2, mu=0.2, value=None, train_loss=1.0),
+    ]
+    for criterion in ("value", "train_loss"):
+        assert [r.root for r in _criteria.rank(signals, criterion, maximize=True)] == [1, 2, 0]
+
+
+def test_the_default_criterion_is_the_one_the_benchmark_chose() -> None:
+    """benchmarks/hpo_quality.py chooses the default on validation accuracy; see README."""
+    assert _criteria.DEFAULT_CRITERION == "train_loss"
+    assert optuna_convexity.ConvexitySampler().criterion == "train_loss"
