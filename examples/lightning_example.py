@@ -3,13 +3,12 @@
 A ``LightningModule`` (an MLP whose depth, width, dropout, learning rate and weight decay are
 tuned) is trained by an ordinary Lightning ``Trainer`` on the CPU. ``ConvexityCallback`` scores
 each screening trial after its first epoch and stops the trainer there; ``check_pruned()`` after
-``trainer.fit`` ends it PRUNED with its one-epoch validation accuracy. The flattest candidates
-are then promoted to the full number of epochs. With ``--pruning``, promoted trials also run
+``trainer.fit`` ends it PRUNED with its one-epoch validation accuracy. The candidates the
+sampler's criterion ranks first are then promoted to the full number of epochs. With ``--pruning``, promoted trials also run
 optuna-integration's ``PyTorchLightningPruningCallback`` under a ``MedianPruner`` (which sees
-the promoted trials only). By default the flattest among the candidates with a
-better-than-median one-epoch accuracy (which ``ConvexityCallback`` reports from its
-``monitor``) are promoted; ``--criterion mu`` promotes by ``mu`` alone, the paper's rule. The
-defaults take about ten seconds on a CPU.
+the promoted trials only). By default the candidates with the lowest one-epoch training loss
+(recorded by ``ConvexityCallback`` with ``mu``) are promoted; ``--criterion mu`` promotes by
+``mu`` alone, the paper's rule. The defaults take about ten seconds on a CPU.
 
     pip install "optuna-convexity[lightning,examples]"
     python examples/lightning_example.py

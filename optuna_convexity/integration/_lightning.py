@@ -112,7 +112,8 @@ class ConvexityCallback(Callback):
             as the screening trial's value; it must be in ``trainer.callback_metrics`` when the
             epoch ends, else :class:`ValueError` lists the logged names. By default the
             ``monitor`` of ``pruning_callback``, if it has one; with neither, screening trials
-            end PRUNED without a value (``criterion="mu_in_better_half"`` needs one).
+            end PRUNED without a value (the criteria that read the value then rank by the
+            training loss recorded with ``mu``, or by ``mu`` alone).
         pruning_callback:
             A Lightning callback to run outside screening trials only, typically
             ``optuna_integration.PyTorchLightningPruningCallback(trial, monitor="val_acc")``.

@@ -135,7 +135,7 @@ def _get_screening_info(
 
 def _get_cut_off(summary: RoundSummary, selected: set[int]) -> _CutOff | None:
     """The level between the promoted candidates and the others, if ``mu`` alone separates
-    them (it does not with ``criterion="mu_in_better_half"``)."""
+    them (with criteria other than ``"mu"`` it rarely does)."""
     ranked = [
         c
         for c in summary.candidates
