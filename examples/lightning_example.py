@@ -4,10 +4,11 @@ A ``LightningModule`` (an MLP whose depth, width, dropout, learning rate and wei
 tuned) is trained by an ordinary Lightning ``Trainer`` on the CPU. ``ConvexityCallback`` scores
 each screening trial after its first epoch and stops the trainer there; ``check_pruned()`` after
 ``trainer.fit`` ends it PRUNED with its one-epoch validation accuracy. The candidates the
-sampler's criterion ranks first are then promoted to the full number of epochs. With ``--pruning``, promoted trials also run
-optuna-integration's ``PyTorchLightningPruningCallback`` under a ``MedianPruner`` (which sees
-the promoted trials only). By default the candidates with the lowest one-epoch training loss
-(recorded by ``ConvexityCallback`` with ``mu``) are promoted; ``--criterion mu`` promotes by
+sampler's criterion ranks first are then promoted to the full number of epochs. With
+``--pruning``, promoted trials also run optuna-integration's
+``PyTorchLightningPruningCallback`` under a ``MedianPruner`` (which sees the promoted trials
+only). By default the candidates with the best one-epoch ``monitor`` value
+(which ``ConvexityCallback`` reports) are promoted; ``--criterion mu`` promotes by
 ``mu`` alone, the paper's rule. The defaults take about ten seconds on a CPU.
 
     pip install "optuna-convexity[lightning,examples]"

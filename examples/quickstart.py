@@ -1,9 +1,9 @@
 """Quickstart: a strong-convexity-guided search for a PyTorch MLP on scikit-learn's digits.
 
 50 screening trials train one epoch each and are scored by the flatness of their loss (``mu``)
-and their training loss; the 10 the sampler's criterion ranks first (by default the lowest
-one-epoch training loss) are promoted to a full training run in the same study, saved to a SQLite file that optuna-dashboard can open
-(see the README). About 20 seconds on 2 CPU cores.
+and their training loss; the 10 the sampler's criterion ranks first (by default the best
+one-epoch validation accuracy) are promoted to a full training run in the same study, saved
+to a SQLite file that optuna-dashboard can open (see the README). About 20 seconds on 2 CPU cores.
 
     python examples/quickstart.py
     python examples/quickstart.py --storage sqlite:///my.db --estimator hutchinson

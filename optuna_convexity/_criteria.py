@@ -25,7 +25,7 @@ Criterion = Literal["mu", "mu_in_better_half", "value", "train_loss", "high_mu_i
 #: Every criterion, in the order the documentation lists them.
 CRITERIA: tuple[str, ...] = get_args(Criterion)
 #: The criterion a :class:`~optuna_convexity.ConvexitySampler` uses unless told otherwise.
-DEFAULT_CRITERION: Criterion = "train_loss"
+DEFAULT_CRITERION: Criterion = "value"
 
 _DESCRIPTIONS: dict[str, str] = {
     "mu": "the paper's rule: the lowest mu (flattest loss after screening) first",

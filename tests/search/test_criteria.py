@@ -240,5 +240,5 @@ def test_value_without_reported_values_ranks_by_the_training_loss() -> None:
 
 def test_the_default_criterion_is_the_one_the_benchmark_chose() -> None:
     """benchmarks/hpo_quality.py chooses the default on validation accuracy; see README."""
-    assert _criteria.DEFAULT_CRITERION == "train_loss"
-    assert optuna_convexity.ConvexitySampler().criterion == "train_loss"
+    assert _criteria.DEFAULT_CRITERION == "value"
+    assert optuna_convexity.ConvexitySampler().criterion == "value"
