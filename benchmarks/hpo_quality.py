@@ -753,7 +753,9 @@ def plot(
     rows = math.ceil(len(datasets) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(12, 4.2 * rows), squeeze=False)
     markers = {"convexity": "o", "random": "s", "tpe": "^", "tpe+hyperband": "D", "random+sh": "v"}
-    keys = [m.estimator or m.kind for m in METHODS]
+    # One colour per criterion (convexity) or per method kind; the marker tells the kind, and
+    # a hollow marker the 3x budget.
+    keys = [m.criterion if m.kind == "convexity" else m.kind for m in METHODS]
     palette = plt.get_cmap("tab10")
     colours = {key: palette(i) for i, key in enumerate(dict.fromkeys(keys))}
     for index, dataset in enumerate(datasets):
@@ -770,8 +772,8 @@ def plot(
                 median,
                 yerr=[[median - q1], [q3 - median]],
                 fmt=markers[method.kind],
-                color=colours[method.estimator or method.kind],
-                markerfacecolor="none" if method.criterion == "mu_in_better_half" else None,
+                color=colours[method.criterion if method.kind == "convexity" else method.kind],
+                markerfacecolor="none" if method.budget_factor == 3 else None,
                 capsize=3,
                 label=method.name,
             )
