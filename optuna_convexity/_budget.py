@@ -47,6 +47,14 @@ class OptimizeBudget:
         self._checked: weakref.WeakSet[object] = weakref.WeakSet()
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, object]:
+        # Per-process bookkeeping: a copy sent to another process (a sampler pickled for DDP
+        # spawn workers) starts afresh.
+        return {}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]
+
     def check(self, study: Study, slot: int | None, n_screening: int, n_promoted: int) -> None:
         """Warn if the running ``study.optimize`` call ends before the round of its first
         trial (a screening trial in position ``slot``; ``None`` for any other) can promote."""
