@@ -15,11 +15,11 @@ from optuna_convexity.hessian._base import compute_dtype
 from optuna_convexity.hessian._base import LossFunction
 from optuna_convexity.hessian._head import LastLayer
 from optuna_convexity.hessian._hvp import BoundHessian
+from optuna_convexity.hessian._hvp import check_strategy
 from optuna_convexity.hessian._hvp import flatten
 from optuna_convexity.hessian._hvp import HessianVectorProduct
 from optuna_convexity.hessian._hvp import make_generator
 from optuna_convexity.hessian._hvp import random_probes
-from optuna_convexity.hessian._hvp import STRATEGIES
 from optuna_convexity.hessian._hvp import Strategy
 from optuna_convexity.hessian._hvp import unflatten
 from optuna_convexity.hessian._hvp import Vectors
@@ -95,13 +95,7 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
         strategy: Strategy = "auto",
         compile: bool = False,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
-        if compile and strategy != "forward":
-            raise ValueError(
-                "compile=True compiles the forward-over-reverse products; pass "
-                f"strategy='forward' with it (got strategy={strategy!r})."
-            )
+        check_strategy(strategy, compile)
         if not isinstance(n_probes, int) or n_probes < 1:
             raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}.")
         if hutchpp and n_probes < 3:

@@ -60,6 +60,18 @@ _FunctionalProducts = Callable[
 ]
 
 
+def check_strategy(strategy: object, compile: bool) -> None:
+    """A ``ValueError`` naming the fix for an unknown strategy or ``compile`` without
+    ``strategy="forward"``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+    if compile and strategy != "forward":
+        raise ValueError(
+            "compile=True compiles the forward-over-reverse products; pass "
+            f"strategy='forward' with it (got strategy={strategy!r})."
+        )
+
+
 class HessianVectorProduct:
     """Hessian-vector products for the Hessian of ``loss_fn(model(inputs), targets)`` in the
     trainable parameters. One instance serves all batches of a pass and remembers the strategy
@@ -73,13 +85,7 @@ class HessianVectorProduct:
         *,
         compile: bool = False,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
-        if compile and strategy != "forward":
-            raise ValueError(
-                f"compile=True compiles the forward-over-reverse products; it needs "
-                f"strategy='forward', got strategy={strategy!r}."
-            )
+        check_strategy(strategy, compile)
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(
