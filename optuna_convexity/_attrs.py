@@ -111,8 +111,8 @@ def mu_problem(mu: float | None) -> str | None:
         return "no mu recorded"
     if not math.isfinite(mu):
         return MU_NOT_FINITE
-    if mu <= 0:
-        return "mu is not positive"
+    if mu < 0:  # 0.0 is the flattest score (a Hessian norm below float32's range underflows)
+        return "mu is negative"
     return None
 
 

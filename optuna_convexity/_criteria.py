@@ -57,7 +57,7 @@ class Signals:
 
     #: Identifies the candidate (the number of its first trial); breaks ties, lowest first.
     root: int
-    #: The strong-convexity score: finite and positive for a valid candidate.
+    #: The strong-convexity score: finite and non-negative for a valid candidate.
     mu: float
     #: The last value the objective reported during screening (``None`` if it reported none).
     value: float | None

@@ -177,7 +177,7 @@ def record_mu(
 
     Args:
         trial: A running screening trial.
-        mu: The score; lower is flatter. Non-finite or non-positive scores are recorded, and
+        mu: The score; lower is flatter. Non-finite or negative scores are recorded, and
             the trial is then excluded from promotion with the reason shown.
         estimator: A short description of how ``mu`` was computed.
         n_batches: How many batches the score covers, if known.

@@ -265,7 +265,7 @@ class _LastLayerScorer(HeadScorer):
         targets = torch.stack([y for _, y in self._pending])
         gram = self._gram_buffer[: len(self._pending)].square_()
         curvature = curvature_of(self._spec, logits, targets, self._pending_shape)
-        self._values.append(curvature.frobenius_squared(gram))
+        self._values.append(curvature.norm(curvature.frobenius_squared(gram)))
         self._pending.clear()
 
     def _blocked(
@@ -294,7 +294,7 @@ class _LastLayerScorer(HeadScorer):
                     gram = activations[rows] @ activations[columns].T
                 value = curvature.symmetric_block(gram.square_()[None], rows, columns)
                 total = total + (value if other == start else 2.0 * value)
-        return total
+        return curvature.norm(total)
 
     def _warn_if_costly(self, n: int, width: int, pair_cost: int) -> None:
         multiply_adds = n * n * (width + pair_cost) / 2
@@ -313,4 +313,4 @@ class _LastLayerScorer(HeadScorer):
         device = self._gram_buffer.device if self._gram_buffer is not None else None
         with torch.no_grad(), full_precision(device):
             self._flush()
-        return torch.cat([v.reshape(-1) for v in self._values]).sqrt()
+        return torch.cat([v.reshape(-1) for v in self._values])

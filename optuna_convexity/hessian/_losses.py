@@ -125,8 +125,15 @@ class Curvature:
     :meth:`frobenius_squared` returns, for each batch ``b``, ``sum_{i, j} <Lambda_bi,
     Lambda_bj>_F G_bij`` given a symmetric, entrywise non-negative ``G`` of shape ``(B, n, n)``
     (the squared Gram matrix of the activations); :meth:`symmetric_block` the same sum over
-    one block of ``G``, for large batches.
+    one block of ``G``, for large batches. Both may be in units of a per-batch constant (so
+    that the sum of tiny curvatures does not underflow): :meth:`norm` turns a sum of them into
+    the Frobenius norm.
     """
+
+    def norm(self, total: torch.Tensor) -> torch.Tensor:
+        """The Frobenius norm of each batch from its sum of :meth:`frobenius_squared` or
+        :meth:`symmetric_block` values."""
+        return total.sqrt()
 
     #: Multiply-adds per pair of examples in :meth:`symmetric_block` (beyond the Gram matrix).
     pair_cost = 0
@@ -152,11 +159,22 @@ class FactoredCurvature(Curvature):
     dimension, so reductions over classes run over a leading dimension, which PyTorch
     vectorises far better than a short last dimension. ``scale`` (a float or one value per
     batch) multiplies the result.
+
+    Each batch's ``Phi`` is divided by its largest magnitude ``m_b`` (and :meth:`norm`
+    multiplies the norm by ``m_b``): confident predictions make every entry tiny (logits
+    ``[60, 0, 0, 0]`` give entries near ``1e-26``), and their squares, summed unscaled, would
+    underflow float32 to a norm of exactly zero.
     """
 
     def __init__(self, phi_t: torch.Tensor, scale: float | torch.Tensor | None = None) -> None:
-        self._phi_t = phi_t
+        magnitude = phi_t.abs().amax(dim=(1, 2))
+        magnitude = torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
+        self._phi_t = phi_t / magnitude[:, None, None]
+        self._magnitude = magnitude
         self._scale = scale
+
+    def norm(self, total: torch.Tensor) -> torch.Tensor:
+        return self._magnitude * total.sqrt()
 
     def frobenius_squared(self, gram: torch.Tensor) -> torch.Tensor:
         phi_t = self._phi_t

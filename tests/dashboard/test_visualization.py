@@ -141,7 +141,7 @@ def test_screening_plot_shows_excluded_candidates_and_counts_those_without_mu() 
     figure = plot_screening(study)
     markers = _traces(figure, "markers")
     assert markers["Not ranked (see hover)"].x == (1,)
-    assert "mu is not positive" in markers["Not ranked (see hover)"].text[0]
+    assert "mu is negative" in markers["Not ranked (see hover)"].text[0]
     assert set(markers["Promoted"].x) == {0, 3}
     assert figure.layout.yaxis.type == "linear"  # a negative score cannot go on a log axis
     assert "1 candidate(s) without a score are not drawn" in figure.layout.annotations[0].text

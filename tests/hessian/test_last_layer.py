@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import copy
 import dataclasses
 import functools
 import math
@@ -351,6 +352,54 @@ def test_confident_predictions_stay_accurate_in_float32() -> None:
     assert abs(textbook - expected) > 0.5 * expected  # the hazard is real here
     estimate = strong_convexity(model, [(x, y)], nn.CrossEntropyLoss()).mu
     assert estimate == pytest.approx(expected, rel=1e-5)
+
+
+def _head_hessian_norm_mp(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> float:
+    """||d^2 CE / d(W, b)^2||_F of ``model[2]``, densely, at 50 significant digits: float64
+    autograd itself cancels here (``p - p^2`` with ``p = 1 - 1e-26`` is ``0`` in float64)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    with torch.no_grad():
+        hidden = copy.deepcopy(model[:2]).double()(x.double()).tolist()
+    weight = model[2].weight.double().tolist()
+    bias = model[2].bias.double().tolist()
+    n, n_classes = len(hidden), len(bias)
+    width = len(hidden[0]) + 1
+    dense = mpmath.zeros(n_classes * width, n_classes * width)
+    for a, target in zip(hidden, y.tolist()):
+        assert 0 <= target < n_classes  # the Hessian does not depend on the target
+        a_tilde = [mpmath.mpf(v) for v in a] + [mpmath.mpf(1)]
+        z = [
+            sum(mpmath.mpf(w) * v for w, v in zip(row, a_tilde)) + mpmath.mpf(b)
+            for row, b in zip(weight, bias)
+        ]
+        top = max(z)
+        e = [mpmath.exp(v - top) for v in z]
+        p = [v / sum(e) for v in e]
+        for c in range(n_classes):
+            for d in range(n_classes):
+                s_cd = (p[c] if c == d else 0) - p[c] * p[d]
+                for i in range(width):
+                    for j in range(width):
+                        dense[c * width + i, d * width + j] += s_cd * a_tilde[i] * a_tilde[j] / n
+    return float(mpmath.mnorm(dense, "f"))
+
+
+@pytest.mark.parametrize("gap", [60.0, 80.0])
+def test_very_confident_predictions_do_not_underflow_to_zero(gap: float) -> None:
+    """Logits like ``[60, 0, 0, 0]``: every curvature entry is near ``1e-26`` and its square
+    underflows float32; the score must still match the exact Hessian, not be ``0.0``."""
+    model = mlp(6, 4, 4)
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)
+        model[2].bias.copy_(torch.tensor([gap, 0.0, 0.0, 0.0]))
+    x = torch.randn(12, 6)
+    y = torch.randint(0, 4, (12,))
+    expected = _head_hessian_norm_mp(model, x, y)
+    assert 0.0 < expected < 1e-20  # flatter than float32's squares can express
+    estimate = strong_convexity(model, [(x, y)], nn.CrossEntropyLoss()).mu
+    assert estimate == pytest.approx(expected, rel=1e-4, abs=0.0)
 
 
 def test_autocast_bfloat16_is_computed_in_float32() -> None:

@@ -28,7 +28,7 @@ def _study(n_screening: int, n_promoted: int, **kwargs: object) -> optuna.Study:
 
 
 def _troubled_objective(trial: optuna.Trial) -> float:
-    """Slot-dependent trouble: failure, pruning before scoring, NaN and zero scores."""
+    """Slot-dependent trouble: failure, pruning before scoring, NaN and negative scores."""
     x = trial.suggest_float("x", -1.0, 1.0)
     trial.suggest_int("y", 0, 9)
     if optuna_convexity.is_screening(trial):
@@ -37,7 +37,7 @@ def _troubled_objective(trial: optuna.Trial) -> float:
             raise RuntimeError("out of memory")
         if slot == 1:
             raise optuna.TrialPruned()
-        mu = {2: math.nan, 3: 0.0, 4: -1.0}.get(slot, synthetic_mu(trial.params))
+        mu = {2: math.nan, 3: -1e-30, 4: -1.0}.get(slot, synthetic_mu(trial.params))
         optuna_convexity.record_mu(trial, mu)
         trial.report(x, 0)
         if trial.should_prune():
@@ -62,7 +62,7 @@ def test_excluded_candidates_carry_the_reason_and_skipped_ranks(
     assert reasons[1] == "pruned before scoring"
     assert reasons[2] == "mu is not finite"
     assert _attrs.MU not in study.trials[2].user_attrs  # numbers only: no None, no NaN
-    assert reasons[3] == reasons[4] == "mu is not positive"
+    assert reasons[3] == reasons[4] == "mu is negative"
     assert reasons[5] is reasons[6] is reasons[7] is None
     # Three valid candidates for five promotions: the trials holding ranks 4 and 5 screen
     # new candidates for round 1 instead of running anything at the full budget.
@@ -79,6 +79,26 @@ def test_excluded_candidates_carry_the_reason_and_skipped_ranks(
     assert summary[0].unfilled_ranks == [4, 5]
     assert {c.number for c in summary[1].candidates} == {11, 12}
     assert "no valid candidate left" in optuna_convexity.leaderboard(study)
+
+
+def test_a_zero_score_is_the_flattest_not_an_exclusion() -> None:
+    """``mu == 0.0`` (a curvature below float32's range) ranks first under the paper's rule."""
+    study = optuna.create_study(
+        sampler=optuna_convexity.ConvexitySampler(3, 1, seed=0, criterion="mu", **FAST),  # type: ignore[arg-type]
+        pruner=optuna_convexity.ConvexityPruner(),
+    )
+    scores = iter([0.5, 0.0, 0.2])
+
+    def zero_in_the_middle(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if optuna_convexity.is_screening(trial):
+            optuna_convexity.record_mu(trial, next(scores))
+            raise optuna.TrialPruned()
+        return x
+
+    study.optimize(zero_in_the_middle, n_trials=4)
+    assert _attrs.EXCLUDED not in study.trials[1].user_attrs
+    assert study.trials[3].user_attrs[_attrs.PARENT] == 1
 
 
 def test_screening_trial_without_a_score_is_a_clear_error() -> None:
