@@ -19,6 +19,7 @@ from torch import nn
 from optuna_convexity.hessian._head import HeadCall
 from optuna_convexity.hessian._head import HeadCapture
 from optuna_convexity.hessian._head import LastLayer
+from optuna_convexity.hessian._targets import ClassIndexCheck
 
 
 LossFunction = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -123,13 +124,18 @@ def one(like: torch.Tensor) -> torch.Tensor:
     return _ones[key]
 
 
-def check_loss_accepts(loss_fn: LossFunction, outputs: Any, targets: torch.Tensor) -> None:
-    """Fail early, with the shapes in the message, if the model or the loss rejects a batch."""
+def check_outputs(outputs: Any) -> None:
+    """The model must return the tensor the loss takes."""
     if not isinstance(outputs, torch.Tensor):
         raise TypeError(
             f"The model returned a {type(outputs).__name__}; the estimators need a tensor of "
             "outputs. Wrap the model so that it returns the tensor loss_fn takes."
         )
+
+
+def check_loss_accepts(loss_fn: LossFunction, outputs: Any, targets: torch.Tensor) -> None:
+    """Fail early, with the shapes in the message, if the model or the loss rejects a batch."""
+    check_outputs(outputs)
     try:
         loss = loss_fn(outputs, targets)
     except (RuntimeError, ValueError, IndexError, TypeError) as error:
@@ -145,6 +151,37 @@ def check_loss_accepts(loss_fn: LossFunction, outputs: Any, targets: torch.Tenso
         )
 
 
+def forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], index: int) -> Any:
+    """``model(*args, **kwargs)``; a model that rejects the batch's inputs (shape, dtype, device,
+    signature) fails with the inputs and the model's parameters described."""
+    try:
+        return model(*args, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, TypeError) as error:
+        inputs = [_describe(value) for value in args] + [
+            f"{key}={_describe(value)}" for key, value in kwargs.items()
+        ]
+        parameter = next(iter(model.parameters()), None)
+        held = (
+            f"its parameters are {parameter.dtype} on {parameter.device}"
+            if parameter is not None
+            else "it has no parameters"
+        )
+        called = ", ".join(inputs)
+        raise ValueError(
+            f"The model failed on batch {index} of the loader, called as model({called}) "
+            f"({held}): {error}. The loader must yield (inputs, targets) with the inputs the "
+            "model is trained on (shape and dtype); batches are moved to the model's device."
+        ) from error
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"<{value.dtype} tensor of shape {tuple(value.shape)}>"
+    return f"<{type(value).__name__}>"
+
+
 class HeadScorer(BatchScorer):
     """Shared work of the closed-form estimators: one forward pass with the head hooked."""
 
@@ -153,6 +190,7 @@ class HeadScorer(BatchScorer):
         self._loss_fn = loss_fn
         self._capture = HeadCapture(model, last_layer).__enter__()
         self._checks: list[tuple[torch.Tensor, str]] = []
+        self._class_indices = ClassIndexCheck(loss_fn)
         self._values: list[torch.Tensor] = []
         self._losses: list[torch.Tensor] = []
         self._n_batches = 0
@@ -164,23 +202,27 @@ class HeadScorer(BatchScorer):
         return torch.stack(self._losses)
 
     def deferred_checks(self) -> list[tuple[torch.Tensor, str]]:
-        return self._checks
+        return self._checks + self._class_indices.deferred_checks()
 
     def add(self, args: tuple[Any, ...], kwargs: dict[str, Any], targets: torch.Tensor) -> None:
         with torch.no_grad():
             self._capture.armed = True
             try:
-                outputs = self._model(*args, **kwargs)
+                outputs = forward(self._model, args, kwargs, self._n_batches)
             finally:
                 self._capture.armed = False
             call = self._capture.pop()
             if self._n_batches == 0:
-                if isinstance(outputs, torch.Tensor):
-                    self._check_targets(outputs, targets)
-                check_loss_accepts(self._loss_fn, outputs, targets)
+                check_outputs(outputs)
+                self._check_targets(outputs, targets)
+                targets = self._class_indices.screen(outputs, targets)
+                # The model's structure first: a loss that rejects raw logits (BCELoss) is a
+                # missing link (sigmoid), which that check names.
                 self._check_first_batch(call, outputs)
+                check_loss_accepts(self._loss_fn, outputs, targets)
             else:
                 self._check_targets(outputs, targets)
+                targets = self._class_indices.screen(outputs, targets)
             self._losses.append(self._loss_fn(outputs, targets).detach().float())
             if torch.is_autocast_enabled(outputs.device.type):
                 with torch.autocast(device_type=outputs.device.type, enabled=False):

@@ -19,6 +19,20 @@ def unpack_batch(batch: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any
         inputs, targets = batch
         if type(inputs) is torch.Tensor and type(targets) is torch.Tensor:
             return (inputs,), {}, targets
+    if isinstance(batch, Mapping):
+        keys = list(batch)
+        shown = ", ".join(repr(key) for key in keys[:6]) + (", ..." if len(keys) > 6 else "")
+        example = (
+            f"((batch[{keys[0]!r}], batch[{keys[1]!r}]) for batch in loader)"
+            if len(keys) >= 2
+            else '((batch["inputs"], batch["labels"]) for batch in loader)'
+        )
+        raise TypeError(
+            f"Batch {index} is a {type(batch).__name__} with keys {shown or 'none'}; expected "
+            "(inputs, targets). Wrap your loader so that it yields input-target pairs, naming "
+            f"the keys, e.g. {example}; a dict of model inputs goes in the first place: "
+            '(({"input_ids": b["input_ids"]}, b["labels"]) for b in loader).'
+        )
     if not isinstance(batch, Sequence) or isinstance(batch, (str, bytes)) or len(batch) != 2:
         kind = type(batch).__name__
         length = f" of length {len(batch)}" if isinstance(batch, Sequence) else ""

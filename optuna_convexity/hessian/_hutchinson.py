@@ -8,10 +8,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from optuna_convexity.hessian._arguments import count
+from optuna_convexity.hessian._arguments import seed as checked_seed
 from optuna_convexity.hessian._base import BaseHessianNormEstimator
 from optuna_convexity.hessian._base import BatchScorer
 from optuna_convexity.hessian._base import check_loss_accepts
 from optuna_convexity.hessian._base import compute_dtype
+from optuna_convexity.hessian._base import forward
 from optuna_convexity.hessian._base import LossFunction
 from optuna_convexity.hessian._head import LastLayer
 from optuna_convexity.hessian._hvp import BoundHessian
@@ -23,6 +26,7 @@ from optuna_convexity.hessian._hvp import random_probes
 from optuna_convexity.hessian._hvp import Strategy
 from optuna_convexity.hessian._hvp import unflatten
 from optuna_convexity.hessian._hvp import Vectors
+from optuna_convexity.hessian._targets import ClassIndexCheck
 
 
 class HutchinsonEstimator(BaseHessianNormEstimator):
@@ -96,8 +100,7 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
         compile: bool = False,
     ) -> None:
         check_strategy(strategy, compile)
-        if not isinstance(n_probes, int) or n_probes < 1:
-            raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}.")
+        n_probes = count("n_probes", n_probes)
         if hutchpp and n_probes < 3:
             raise ValueError(
                 f"Hutch++ splits its budget in three; n_probes must be at least 3, got {n_probes}."
@@ -106,17 +109,11 @@ class HutchinsonEstimator(BaseHessianNormEstimator):
             raise ValueError(
                 f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}."
             )
-        if probe_batch_size is not None and (
-            not isinstance(probe_batch_size, int) or probe_batch_size < 1
-        ):
-            raise ValueError(
-                f"probe_batch_size must be a positive integer or None, got {probe_batch_size!r}."
-            )
         self.n_probes = n_probes
         self.distribution = distribution
         self.hutchpp = hutchpp
-        self.probe_batch_size = probe_batch_size
-        self.seed = seed
+        self.probe_batch_size = count("probe_batch_size", probe_batch_size, optional=True)
+        self.seed = checked_seed("seed", seed, bits=63)
         self.strategy = strategy
         self.compile = compile
 
@@ -150,6 +147,10 @@ class _HutchinsonScorer(BatchScorer):
         self._probes: tuple[Vectors, ...] | None = None
         self._values: list[torch.Tensor] = []
         self._losses: list[torch.Tensor] = []
+        self._class_indices = ClassIndexCheck(loss_fn)
+
+    def deferred_checks(self) -> list[tuple[torch.Tensor, str]]:
+        return self._class_indices.deferred_checks()
 
     def _chunks(self, probes: Vectors) -> list[Vectors]:
         n = probes[0].shape[0]
@@ -173,7 +174,8 @@ class _HutchinsonScorer(BatchScorer):
 
     def add(self, args: tuple[Any, ...], kwargs: dict[str, Any], targets: torch.Tensor) -> None:
         with torch.no_grad():
-            outputs = self._model(*args, **kwargs)
+            outputs = forward(self._model, args, kwargs, len(self._values))
+            targets = self._class_indices.screen(outputs, targets)
             if self._probes is None:
                 check_loss_accepts(self._loss_fn, outputs, targets)
             # One forward pass more than the ~2 k passes of the products, for the loss value.

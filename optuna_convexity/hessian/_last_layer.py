@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from optuna_convexity.hessian._arguments import count
 from optuna_convexity.hessian._base import as_matrix
 from optuna_convexity.hessian._base import BaseHessianNormEstimator
 from optuna_convexity.hessian._base import BatchScorer
@@ -19,11 +20,11 @@ from optuna_convexity.hessian._base import one
 from optuna_convexity.hessian._head import HeadCall
 from optuna_convexity.hessian._head import is_view_of
 from optuna_convexity.hessian._head import LastLayer
-from optuna_convexity.hessian._losses import check_targets
 from optuna_convexity.hessian._losses import curvature_of
 from optuna_convexity.hessian._losses import describe_loss
 from optuna_convexity.hessian._losses import LossSpec
 from optuna_convexity.hessian._losses import SUPPORTED_LOSSES
+from optuna_convexity.hessian._targets import check_targets
 
 
 class LastLayerEstimator(BaseHessianNormEstimator):
@@ -90,11 +91,8 @@ class LastLayerEstimator(BaseHessianNormEstimator):
     name = "last_layer"
 
     def __init__(self, chunk_size: int | None = None, group_size: int | None = None) -> None:
-        for name, value in (("chunk_size", chunk_size), ("group_size", group_size)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
-        self.chunk_size = chunk_size
-        self.group_size = group_size
+        self.chunk_size = count("chunk_size", chunk_size, optional=True)
+        self.group_size = count("group_size", group_size, optional=True)
 
     def __repr__(self) -> str:
         return (

@@ -372,39 +372,13 @@ def _probability_target_weights(
     return omega
 
 
-def check_targets(spec: LossSpec, targets: torch.Tensor, output_shape: torch.Size) -> None:
-    """Raise a ``ValueError`` naming the fix if one batch's targets do not fit its outputs."""
-    if spec.kind == "softmax":
-        if len(output_shape) != 2:
-            raise ValueError(
-                f"{spec.name}: the model's output has shape {tuple(output_shape)}; the last_layer "
-                "estimator supports (batch, classes) outputs for cross-entropy."
-            )
-        n = output_shape[0]
-        if targets.shape == output_shape and targets.is_floating_point():
-            return
-        if targets.shape == (n,) and not targets.is_floating_point():
-            return
-        raise ValueError(
-            f"{spec.name}: targets of shape {tuple(targets.shape)} and dtype {targets.dtype} "
-            f"do not fit outputs of shape {tuple(output_shape)}. Pass class indices of shape "
-            f"({n},) (integer dtype) or class probabilities of shape {tuple(output_shape)}."
-        )
-    if targets.shape != output_shape:
-        raise ValueError(
-            f"{spec.name}: targets have shape {tuple(targets.shape)} but the model's output has "
-            f"shape {tuple(output_shape)}; they must be equal (PyTorch would broadcast or fail). "
-            f"Reshape the targets, e.g. targets.view({', '.join(map(str, output_shape))})."
-        )
-
-
 def curvature_of(
     spec: LossSpec, logits: torch.Tensor, targets: torch.Tensor, output_shape: torch.Size
 ) -> Curvature:
     """The curvature of ``spec`` for a group of batches.
 
     ``logits`` has shape ``(B, n, C)`` (rows = examples, columns = outputs of the last layer);
-    ``targets`` stacks each batch's targets (checked with :func:`check_targets`), and
+    ``targets`` stacks each batch's targets (checked with :func:`._targets.check_targets`), and
     ``output_shape`` is the shape of one batch's model output (a view of its logits).
     """
     batches, n, n_outputs = logits.shape

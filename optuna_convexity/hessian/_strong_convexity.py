@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from optuna_convexity.hessian._arguments import count
 from optuna_convexity.hessian._base import BaseHessianNormEstimator
 from optuna_convexity.hessian._base import LossFunction
 from optuna_convexity.hessian._batches import model_device
@@ -129,11 +130,21 @@ def strong_convexity(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
-    for name, limit in (("max_batches", max_batches), ("max_examples", max_examples)):
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {limit!r}.")
+    if not isinstance(loader, Iterable) or isinstance(loader, (str, bytes, torch.Tensor)):
+        raise TypeError(
+            f"loader must be an iterable of (inputs, targets) batches, e.g. a "
+            f"torch.utils.data.DataLoader or a list of pairs; got {type(loader).__name__}."
+        )
+    max_batches = count("max_batches", max_batches, optional=True)
+    max_examples = count("max_examples", max_examples, optional=True)
     chosen = get_estimator(estimator)
     device = model_device(model)
+    if device.type == "meta":
+        raise ValueError(
+            "The model's parameters are on the meta device (shapes without values), so there "
+            "is nothing to score. Materialise them first, e.g. model.to_empty(device=...) and "
+            "load_state_dict(...), or build the model without device='meta'."
+        )
 
     sizes: list[int] = []
     with evaluation_mode(model), preserved_rng(device):

@@ -28,6 +28,7 @@ from optuna_convexity.hessian import BaseHessianNormEstimator
 from optuna_convexity.hessian import get_estimator
 from optuna_convexity.hessian import LastLayer
 from optuna_convexity.hessian import LossFunction
+from optuna_convexity.hessian._arguments import count
 from optuna_convexity.integration._lightning_scoring import batches
 from optuna_convexity.integration._lightning_scoring import check_trainer
 from optuna_convexity.integration._lightning_scoring import model_and_loss
@@ -259,11 +260,8 @@ class ConvexityCallback(Callback):
                 "batch_fn must be callable, batch -> (inputs, targets); got "
                 f"{type(batch_fn).__name__}."
             )
-        for name, limit in (("max_batches", max_batches), ("max_examples", max_examples)):
-            if limit is not None and (
-                not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
-            ):
-                raise ValueError(f"{name} must be a positive integer or None, got {limit!r}.")
+        max_batches = count("max_batches", max_batches, optional=True)
+        max_examples = count("max_examples", max_examples, optional=True)
         if estimator is not None:
             get_estimator(estimator)  # unknown names fail here, not after an epoch of training
 
