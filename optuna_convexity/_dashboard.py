@@ -62,6 +62,7 @@ from optuna_convexity import _criteria
 from optuna_convexity import _state
 from optuna_convexity._listeners import Finishing
 from optuna_convexity._summary import leaderboard
+from optuna_convexity._summary import markdown_text
 from optuna_convexity._summary import RoundSummary
 from optuna_convexity._summary import summarize
 
@@ -214,7 +215,7 @@ def _promotion_notes(view: optuna.Study, summaries: list[RoundSummary]) -> dict[
     """A note on each promoted trial: what it reruns, its parent's signals, and why."""
     criterion = _state.config_of(view).criterion
     names = view.metric_names
-    metric = names[0] if names else "value"
+    metric = markdown_text(names[0]) if names else "value"
     rounds = {s.round: s for s in summaries}
     notes = {}
     for trial in view.get_trials(deepcopy=False):
@@ -224,13 +225,14 @@ def _promotion_notes(view: optuna.Study, summaries: list[RoundSummary]) -> dict[
         summary = rounds.get(trial.user_attrs[_attrs.ROUND])
         candidates = summary.candidates if summary is not None else []
         candidate = next((c for c in candidates if c.number == parent), None)
+        estimator = trial.user_attrs.get(_attrs.ESTIMATOR) or "estimator unknown"
         lines = [
             f"### Promoted: rank {rank} of round {trial.user_attrs[_attrs.ROUND]}",
             "",
             f"Reruns screening trial {parent} with its parameters at the full budget.",
             "",
             f"- mu of trial {parent}: {_shown(trial.user_attrs.get(_attrs.MU))} "
-            f"({trial.user_attrs.get(_attrs.ESTIMATOR) or 'estimator unknown'})",
+            f"({markdown_text(str(estimator))})",
         ]
         if candidate is not None:
             valid = sum(1 for c in candidates if c.screening_rank is not None)

@@ -223,9 +223,32 @@ def _mu(value: float | None) -> str:
 
 
 def _params(params: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    return markdown_text(
+        ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+        )
     )
+
+
+_MARKDOWN_ESCAPES = str.maketrans(
+    {
+        "\\": "\\\\",
+        "|": "\\|",
+        "`": "\\`",
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        "\n": " ",
+        "\r": " ",
+    }
+)
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (e.g. a categorical parameter's value) as literal text in a Markdown table
+    cell: a ``|`` would end the cell, a line break the table, and HTML would be rendered by the
+    dashboard's note (``<script>`` or an ``<img>`` in a value); they are escaped."""
+    return text.translate(_MARKDOWN_ESCAPES)
 
 
 #: Space at the start of every cell but the first: optuna-dashboard's Note tab draws tables
@@ -261,7 +284,7 @@ def leaderboard(study: optuna.Study, *, top: int | None = None) -> str:
             print(optuna_convexity.leaderboard(study))
     """
     names = study.metric_names
-    metric = names[0] if names else "value"
+    metric = markdown_text(names[0]) if names else "value"
     config = _state.config_of(study)
     criterion = config.criterion
     lines = [

@@ -70,3 +70,33 @@ def test_a_criterion_without_tiers_has_no_tier_column() -> None:
     assert 'Promotion order, `criterion="mu"`: ' in board
     assert "tier" not in board
     assert all(c.tier is None for c in optuna_convexity.summarize(study)[0].candidates)
+
+
+def test_parameter_values_cannot_break_the_table_or_inject_html() -> None:
+    """A categorical value with ``|``, a line break or HTML is literal text in its cell (the
+    dashboard note renders the leaderboard as Markdown)."""
+    values = ["a|b", "<img src=x onerror=alert(1)>", "two\nlines"]
+    study = optuna.create_study(
+        sampler=optuna_convexity.ConvexitySampler(3, 1, seed=0, criterion="mu"),
+        pruner=optuna_convexity.ConvexityPruner(),
+    )
+    study.set_metric_names(["loss | <b>"])
+
+    def with_odd_values(trial: optuna.Trial) -> float:
+        choice = trial.suggest_categorical("choice", values)
+        if optuna_convexity.is_screening(trial):
+            optuna_convexity.record_mu(trial, 1.0 + values.index(choice) + trial.number)
+            raise optuna.TrialPruned()
+        return 0.5
+
+    for value in values:
+        study.enqueue_trial({"choice": value})
+    study.optimize(with_odd_values, n_trials=4)
+    text = optuna_convexity.leaderboard(study)
+    assert "<img" not in text and "<b>" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    columns = {len(re.split(r"(?<!\\)\|", row)) for row in rows[:5]}  # unescaped pipes
+    assert len(columns) == 1, rows
+    assert r"choice=a\|b" in text
+    assert "choice=two lines" in text
