@@ -47,6 +47,10 @@ _DESCRIPTIONS: dict[str, str] = {
     ),
 }
 
+#: The criteria that rank by the one-epoch reported value (``"train_loss"`` only falls back
+#: to it for a round where a candidate has no training loss).
+READS_VALUE: frozenset[str] = frozenset({"value", "mu_in_better_half", "high_mu_in_better_half"})
+
 BETTER_HALF = "better half"
 OTHER_HALF = "other half"
 

@@ -22,8 +22,13 @@ def fail_running_trials(study: optuna.Study) -> list[int]:
 
     Do not call it while workers are running: it cannot tell a live trial from a dead one.
 
+    The search's settings (``n_screening``, ``n_promoted``, ...) are read from the study,
+    where its first worker stored them, so the study may be loaded without a sampler; a
+    :class:`ConvexitySampler` with other settings is refused, as it would tell promotions
+    from screening trials differently from the workers.
+
     Args:
-        study: The study, loaded with its :class:`ConvexitySampler`.
+        study: The study, loaded with its :class:`ConvexitySampler` or without a sampler.
 
     Returns:
         The numbers of the trials it failed.
@@ -35,12 +40,29 @@ def fail_running_trials(study: optuna.Study) -> list[int]:
             study = optuna.load_study(study_name="search", storage=storage, sampler=sampler)
             optuna_convexity.fail_running_trials(study)  # every worker is stopped
     """
-    config = _state.sampler_config(study)
-    if config is None:
+    stored = _state.stored_search_config(study)
+    passed = _state.sampler_config(study)
+    if stored is not None and passed is not None and passed != stored:
+        different = {
+            key: (value, passed.as_dict()[key])
+            for key, value in stored.as_dict().items()
+            if passed.as_dict()[key] != value
+        }
         raise ValueError(
-            "fail_running_trials needs the study's ConvexitySampler to tell promotions apart: "
-            "load the study with sampler=ConvexitySampler(n_screening, n_promoted, ...)."
+            f"Study {study.study_name!r} runs a convexity search with {stored.as_dict()}, but "
+            f"the ConvexitySampler it was loaded with differs in {different} (stored, passed): "
+            "it would take other trials for promotions than the workers did. Load the study "
+            "with the workers' sampler settings, or without a sampler (the settings are read "
+            "from the study)."
         )
+    if stored is None and passed is None:
+        raise ValueError(
+            f"Study {study.study_name!r} holds no settings of a convexity search, and "
+            "fail_running_trials needs the study's ConvexitySampler settings to tell promotions "
+            "apart (its first worker stores them): load the study with "
+            "sampler=ConvexitySampler(n_screening, n_promoted, ...)."
+        )
+    config = stored if stored is not None else _state.config_of(study)
     storage = study._storage
     trials = storage.get_all_trials(study._study_id, deepcopy=False)
     roles = assign_roles(trials, config.n_screening, config.n_promoted, config.asynchronous)

@@ -14,6 +14,7 @@ from optuna.trial import Trial
 from torch import nn
 
 from optuna_convexity import _attrs
+from optuna_convexity import _criteria
 from optuna_convexity._pruner import ConvexityPruner
 from optuna_convexity._sampler import ConvexitySampler
 from optuna_convexity.hessian import BaseHessianNormEstimator
@@ -70,7 +71,12 @@ def report_convexity(
       call returns and the next ``trial.should_prune()`` in the training loop ends the trial;
       so the one-epoch validation value your loop reports is kept;
     - otherwise ``end_trial=None`` raises :class:`optuna.TrialPruned` right after scoring, so
-      an objective without a pruning loop still stops at the cheap fidelity.
+      an objective without a pruning loop still stops at the cheap fidelity. If the sampler's
+      criterion ranks by the one-epoch value (the default ``"value"`` does) and the trial has
+      not reported one yet, that would end it before its value is stored: the call raises a
+      ``ValueError`` instead, which names the fixes (use :class:`ConvexityPruner`, wrapping your
+      pruner; report the value first; or pass ``end_trial=True`` to rank by the training
+      loss).
 
     Args:
         trial: The trial passed to the objective.
@@ -129,9 +135,39 @@ def report_convexity(
         end_trial = not (
             isinstance(trial, Trial) and isinstance(trial.study.pruner, ConvexityPruner)
         )
+        if end_trial:
+            _check_value_reported(trial)
     if end_trial:
         raise optuna.TrialPruned(f"screening trial scored: mu = {mu:.6g}")
     return mu
+
+
+def _check_value_reported(trial: BaseTrial) -> None:
+    """Refuse to end a screening trial before it reported the value its criterion ranks by."""
+    if not isinstance(trial, Trial):
+        return
+    sampler = trial.study.sampler
+    criterion = sampler.criterion if isinstance(sampler, ConvexitySampler) else None
+    if criterion not in _criteria.READS_VALUE:
+        return
+    if trial.study._storage.get_trial(trial._trial_id).intermediate_values:
+        return
+    pruner = type(trial.study.pruner).__name__
+    wrapped = (
+        f"optuna.pruners.{pruner}()"
+        if type(trial.study.pruner).__module__.startswith("optuna.pruners")
+        else "your_pruner"
+    )
+    raise ValueError(
+        f"report_convexity would end screening trial {trial.number} before it reported its "
+        f"one-epoch value, which criterion {criterion!r} ranks the candidates by: the study's "
+        f"pruner is {pruner}, not ConvexityPruner, so report_convexity ends screening trials "
+        "itself (optuna.TrialPruned) right after scoring. Create the study with "
+        f"pruner=optuna_convexity.ConvexityPruner({wrapped}) (screening "
+        "trials then end at the trial.should_prune() after trial.report(); your pruner decides "
+        "for promoted trials), or call trial.report(value, epoch) before report_convexity, or "
+        "pass end_trial=True to rank the candidates by their training loss instead."
+    )
 
 
 def score(

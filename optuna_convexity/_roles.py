@@ -86,6 +86,8 @@ def assign_roles(
     fresh_count = 0
     last_fresh: Role | None = None
     for trial in sorted(trials, key=lambda t: t.number):
+        if is_foreign(trial):
+            continue
         origin = trial.system_attrs.get(RETRY_OF)
         if origin is not None:
             original = roles.get(origin)
@@ -131,16 +133,22 @@ def cleared_inheritance(trial: FrozenTrial) -> dict[str, None]:
     return {_attrs.EXCLUDED: None}
 
 
+def is_foreign(trial: FrozenTrial) -> bool:
+    """A finished trial that the sampler never started (run by another sampler, e.g. from
+    ``optuna.load_study`` without the sampler, or added with ``add_trial``): every trial the
+    sampler starts has a phase before it runs, or ends FAIL if it could not take one.
+    Foreign trials hold no role: the search ignores them (a running trial without a phase is
+    one being started, and counts)."""
+    return (
+        trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        and _attrs.PHASE not in trial.user_attrs
+        and RETRY_OF not in trial.system_attrs
+    )
+
+
 def foreign_trials(trials: Sequence[FrozenTrial]) -> list[int]:
-    """Finished trials that the sampler never started (added with ``add_trial``, or run by
-    another sampler before): every trial the sampler starts gets a phase before it runs."""
-    return [
-        t.number
-        for t in trials
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        and _attrs.PHASE not in t.user_attrs
-        and RETRY_OF not in t.system_attrs
-    ]
+    """The numbers of the foreign trials (see :func:`is_foreign`)."""
+    return [t.number for t in trials if is_foreign(t)]
 
 
 def exclusion_reason(trial: FrozenTrial, state: TrialState) -> str | None:
@@ -317,7 +325,11 @@ def resolve(
 
 def _fresh_count(trials: Sequence[FrozenTrial]) -> int:
     return sum(
-        1 for t in trials if RETRY_OF not in t.system_attrs and FIXED_PARAMS not in t.system_attrs
+        1
+        for t in trials
+        if RETRY_OF not in t.system_attrs
+        and FIXED_PARAMS not in t.system_attrs
+        and not is_foreign(t)
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import math
+import sys
 from typing import Any
 
 import optuna
@@ -34,6 +35,8 @@ from optuna_convexity._waiting import OpenTrials
 from optuna_convexity._waiting import ScreeningBarrier
 from optuna_convexity.hessian import BaseHessianNormEstimator
 from optuna_convexity.hessian import get_estimator
+from optuna_convexity.hessian._arguments import count
+from optuna_convexity.hessian._arguments import seed as checked_seed
 
 
 __all__ = ["ConvexitySampler", "ScreeningWaitError"]
@@ -171,7 +174,10 @@ class ConvexitySampler(BaseSampler):
             How many times a promoted trial that fails (an exception, or Ctrl-C) is queued
             again with the same rank and parameters, so that stopping the workers and starting
             them again finishes the interrupted promotions. ``0`` leaves failed promotions
-            failed. (Trials killed without a chance to fail are Optuna's heartbeat's job: see
+            failed. A failure that a retry would repeat is never retried: the objective
+            returned ``nan`` (or another value that is not a finite number), or a parameter
+            does not fit the parent's (see the error). (Trials killed without a chance to fail
+            are Optuna's heartbeat's job: see
             ``RDBStorage(heartbeat_interval=..., heartbeat_stale_trial_callback=...)``.)
     """
 
@@ -202,6 +208,7 @@ class ConvexitySampler(BaseSampler):
                 "seed only seeds the default RandomSampler; pass the seed to your "
                 "screening_sampler instead."
             )
+        seed = checked_seed("seed", seed, bits=32)  # numpy's limit, which RandomSampler meets late
         self._open = OpenTrials()
         self._budget = OptimizeBudget()
         self._barrier = ScreeningBarrier(poll_interval, wait_timeout, stale_warning, self._open)
@@ -211,16 +218,14 @@ class ConvexitySampler(BaseSampler):
                 "or drop min_screening."
             )
         if min_screening is None:
-            min_screening = max(n_screening // 5, math.ceil(n_screening / n_promoted))
-        if not isinstance(min_screening, int) or min_screening < 1:
-            raise ValueError(f"min_screening must be a positive integer, got {min_screening!r}.")
-        if not isinstance(promotion_retries, int) or promotion_retries < 0:
-            raise ValueError(
-                f"promotion_retries must be a non-negative integer, got {promotion_retries!r}."
+            min_screening = max(
+                config.n_screening // 5, math.ceil(config.n_screening / config.n_promoted)
             )
+        min_screening = count("min_screening", min_screening)
+        promotion_retries = count("promotion_retries", promotion_retries, minimum=0)
         self.search_config = config
-        self.n_screening = n_screening
-        self.n_promoted = n_promoted
+        self.n_screening = config.n_screening
+        self.n_promoted = config.n_promoted
         self.estimator = get_estimator(estimator)
         self.criterion: Criterion = config.criterion
         self.asynchronous = bool(asynchronous)
@@ -229,6 +234,7 @@ class ConvexitySampler(BaseSampler):
         self._screening_sampler = screening_sampler or RandomSampler(seed=seed)
         self._parents: dict[tuple[int, int], FrozenTrial] = {}
         self._checked_config: set[tuple[int, int]] = set()  # (id(storage), study id)
+        self._foreign_seen: dict[tuple[int, int], int] = {}  # foreign trials warned about
 
     @property
     def screening_sampler(self) -> BaseSampler:
@@ -244,6 +250,7 @@ class ConvexitySampler(BaseSampler):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_checked_config"] = set()
+        state["_foreign_seen"] = {}
         return state
 
     def reseed_rng(self) -> None:
@@ -283,6 +290,7 @@ class ConvexitySampler(BaseSampler):
             )
         parent = self._parent(study, trial)
         if param_name not in parent.params:
+            _state.mark_not_retried(study, trial, f"it suggests {param_name!r}, new to its parent")
             raise ValueError(
                 f"Promoted trial {trial.number} suggests {param_name!r}, which its parent, "
                 f"screening trial {parent.number}, never suggested (it has "
@@ -295,6 +303,9 @@ class ConvexitySampler(BaseSampler):
         except (ValueError, TypeError):
             contained = False
         if not contained:
+            _state.mark_not_retried(
+                study, trial, f"{param_name!r} = {value!r} is outside {param_distribution}"
+            )
             raise ValueError(
                 f"Promoted trial {trial.number} suggests {param_name!r} from "
                 f"{param_distribution}, which does not contain the value {value!r} that its "
@@ -337,10 +348,13 @@ class ConvexitySampler(BaseSampler):
         """The trial's role, from the stored trials, and how it starts in that role."""
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         key = (id(study._storage), study._study_id)
-        _state.check_study(
+        foreign = _state.check_study(
             study, trials, None if key in self._checked_config else self.search_config
         )
         self._checked_config.add(key)
+        if len(foreign) > self._foreign_seen.get(key, 0):  # once, and again if more arrive
+            self._foreign_seen[key] = len(foreign)
+            _state.warn_foreign(study, foreign)
         self._open.warn_if_sqlite_queue(study, trial, trials)
         self._open.adopt_orphans(study, trials)
         roles = assign_roles(trials, self.n_screening, self.n_promoted, self.asynchronous)
@@ -375,7 +389,10 @@ class ConvexitySampler(BaseSampler):
         self._open.close(trial)
         if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED:
             if state == TrialState.FAIL and self.promotion_retries:
-                _state.requeue_failed_promotion(study, trial, self.promotion_retries)
+                deterministic = _state.deterministic_failure(trial, sys._getframe(1))
+                _state.requeue_failed_promotion(
+                    study, trial, self.promotion_retries, deterministic
+                )
             notify(study, (trial, state, values))
         if trial.user_attrs.get(_attrs.PHASE) != _attrs.PHASE_SCREENING:
             return

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import copy
 import dataclasses
 import datetime
+from types import FrameType
 from typing import Any
 import warnings
 
@@ -37,6 +38,7 @@ from optuna_convexity._listeners import notify
 from optuna_convexity._roles import foreign_trials
 from optuna_convexity._roles import is_queued_promotion
 from optuna_convexity._roles import Resolution
+from optuna_convexity.hessian._arguments import count
 
 
 _logger = optuna.logging.get_logger(__name__)
@@ -64,10 +66,8 @@ class SearchConfig:
     asynchronous: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("n_screening", "n_promoted"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("n_screening", "n_promoted"):  # numpy integers become ints (stored)
+            object.__setattr__(self, name, count(name, getattr(self, name)))
         if self.n_promoted > self.n_screening:
             raise ValueError(
                 f"n_promoted={self.n_promoted} exceeds n_screening={self.n_screening}: a round "
@@ -86,6 +86,15 @@ def stored_config(study: Study) -> dict[str, Any] | None:
     return dict(config) if isinstance(config, dict) else None
 
 
+def stored_search_config(study: Study) -> SearchConfig | None:
+    """The settings stored in the study, as a :class:`SearchConfig`, if any."""
+    stored = stored_config(study)
+    if stored is None:
+        return None
+    fields = {field.name for field in dataclasses.fields(SearchConfig)}
+    return SearchConfig(**{key: value for key, value in stored.items() if key in fields})
+
+
 def check_config(study: Study, config: SearchConfig) -> None:
     """Store ``config`` in the study, or refuse a worker whose settings differ from it."""
     wanted = config.as_dict()
@@ -102,9 +111,13 @@ def check_config(study: Study, config: SearchConfig) -> None:
         )
 
 
-def check_study(study: Study, trials: Sequence[FrozenTrial], config: SearchConfig | None) -> None:
+def check_study(
+    study: Study, trials: Sequence[FrozenTrial], config: SearchConfig | None
+) -> list[int]:
     """Refuse a study the search cannot run in; ``config``, this worker's settings, is stored
-    in the study or compared with the stored settings (``None``: this worker did so already)."""
+    in the study or compared with the stored settings (``None``: this worker did so already).
+    Returns the numbers of the study's foreign trials, which the search ignores (see
+    :func:`warn_foreign`)."""
     if study._is_multi_objective():
         raise ValueError(
             "ConvexitySampler supports single-objective studies only: promotion ranks the "
@@ -113,14 +126,20 @@ def check_study(study: Study, trials: Sequence[FrozenTrial], config: SearchConfi
         )
     if config is not None:
         check_config(study, config)
-    foreign = foreign_trials(trials)
-    if foreign:
-        shown = ", ".join(map(str, foreign[:10])) + (" ..." if len(foreign) > 10 else "")
-        raise ValueError(
-            f"Study {study.study_name!r} holds finished trials that ConvexitySampler did not "
-            f"run (trial {shown}), e.g. from another sampler or study.add_trial. Its rounds "
-            "are numbered from the study's first trial: run the search in a new study."
-        )
+    return foreign_trials(trials)
+
+
+def warn_foreign(study: Study, foreign: Sequence[int]) -> None:
+    """Say that the search ignores the study's foreign trials, and how to keep them out."""
+    shown = ", ".join(map(str, foreign[:10])) + (" ..." if len(foreign) > 10 else "")
+    _logger.warning(
+        f"Study {study.study_name!r} holds {len(foreign)} finished trial(s) that "
+        f"ConvexitySampler did not run (trial {shown}), e.g. from optuna.load_study(...) "
+        "without the sampler, another sampler or study.add_trial. The search ignores them: "
+        "they hold no place in its rounds and are never candidates (study.best_trial may "
+        "still be one of them). Load the study with sampler=ConvexitySampler(...) in every "
+        "process that runs trials."
+    )
 
 
 def sampler_config(study: Study) -> SearchConfig | None:
@@ -335,10 +354,48 @@ def abandon(
     )
 
 
-def requeue_failed_promotion(study: Study, trial: FrozenTrial, promotion_retries: int) -> None:
+#: Trial system attribute: why the trial failed in a way that a retry would repeat (written by
+#: the package's own checks before they raise, e.g. a parameter outside its distribution).
+NOT_RETRIED_KEY = "convexity:not_retried"
+
+
+def mark_not_retried(study: Study, trial: FrozenTrial, reason: str) -> None:
+    """Record that ``trial`` fails deterministically (``reason``), so it is not retried."""
+    study._storage.set_trial_system_attr(trial._trial_id, NOT_RETRIED_KEY, reason)
+
+
+def deterministic_failure(trial: FrozenTrial, teller: FrameType | None) -> str | None:
+    """Why a failed trial would fail the same way again, or ``None`` if a retry may help.
+
+    - A check of the package recorded the reason (:func:`mark_not_retried`).
+    - The objective returned a value that is not a finite number (``nan``): Optuna fails the
+      trial and passes the sampler no values, so the value is read from ``teller``, the frame
+      of Optuna's ``_tell_with_warning`` that calls ``after_trial`` (its argument
+      ``value_or_values``). Any other caller (or an Optuna that renamed it) retries as before.
+    """
+    reason = trial.system_attrs.get(NOT_RETRIED_KEY)
+    if reason is not None:
+        return str(reason)
+    if teller is not None and teller.f_code.co_name == "_tell_with_warning":
+        told = teller.f_locals.get("value_or_values")
+        if told is not None:
+            return f"the objective returned {told!r}, which is not a finite number"
+    return None
+
+
+def requeue_failed_promotion(
+    study: Study, trial: FrozenTrial, promotion_retries: int, deterministic: str | None = None
+) -> None:
     """Queue a copy of a promotion whose objective failed (same rank, parent and parameters),
-    as many times as :func:`retry_limit` allows."""
+    as many times as :func:`retry_limit` allows; never one that failed ``deterministic``ally
+    (see :func:`deterministic_failure`): a retry would spend a full budget to fail again."""
     rank = trial.user_attrs.get(_attrs.RANK)
+    if deterministic is not None:
+        _logger.warning(
+            f"Promoted trial {trial.number} (rank {rank}) failed: {deterministic}. A retry "
+            "would fail the same way, so its promotion is given up."
+        )
+        return
     limit = retry_limit(None, started=True, promotion_retries=promotion_retries)
     if limit is not None and retries(trial) >= limit:
         _logger.warning(

@@ -119,7 +119,7 @@ def check_round(study: optuna.Study, round_number: int, n_screening: int, n_prom
         and t.user_attrs.get(_attrs.SCORED_BY) == t.number
         and t.user_attrs.get(_attrs.MU) is not None
         and math.isfinite(t.user_attrs[_attrs.MU])
-        and t.user_attrs[_attrs.MU] > 0
+        and t.user_attrs[_attrs.MU] >= 0
     ]
     expected = promotion_order(study, valid)[:n_promoted]
     complete = [t for t in promoted if t.state == TrialState.COMPLETE]

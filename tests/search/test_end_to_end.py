@@ -99,8 +99,10 @@ def test_recorded_mu_is_the_scoring_modules_value() -> None:
         optuna_convexity.report_convexity(trial, model, scoring, loss_fn)
         return 0.0
 
-    study = optuna.create_study(sampler=optuna_convexity.ConvexitySampler(1, 1))
-    study.optimize(objective, n_trials=1)  # no ConvexityPruner: report_convexity ends the trial
+    # No ConvexityPruner, and a criterion that needs no one-epoch value: report_convexity
+    # ends the trial itself.
+    study = optuna.create_study(sampler=optuna_convexity.ConvexitySampler(1, 1, criterion="mu"))
+    study.optimize(objective, n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
     expected = strong_convexity(captured["model"], [data.tensors], loss_fn).mu  # type: ignore[arg-type]

@@ -182,12 +182,28 @@ def test_multi_objective_study_is_refused_without_leaving_a_running_trial() -> N
     assert not study.get_trials(states=(TrialState.WAITING,))
 
 
-def test_foreign_trials_are_refused() -> None:
-    study = optuna.create_study()
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    study.sampler = optuna_convexity.ConvexitySampler(2, 1)
-    with pytest.raises(ValueError, match="did not run \\(trial 0, 1\\).*new study"):
-        study.optimize(objective, n_trials=1)
+def test_foreign_trials_are_ignored_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """``optuna.load_study`` without the sampler adds trials with no phase; the search must
+    go on around them (one warning), not refuse every worker from then on."""
+    study = _study(3, 1)
+    study.optimize(objective, n_trials=2)  # two screening trials of round 0
+    plain = optuna.load_study(study_name=study.study_name, storage=study._storage)
+    plain.optimize(objective, n_trials=2)  # trials 2 and 3: Optuna's default sampler
+    optuna.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            study.optimize(objective, n_trials=6)
+    finally:
+        optuna.logging.disable_propagation()
+    warnings = [r.getMessage() for r in caplog.records if "did not run" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "(trial 2, 3)" in warnings[0] and "ignores them" in warnings[0]
+    assert [t.user_attrs.get(_attrs.PHASE) for t in study.trials] == [
+        *["screening"] * 2, None, None, "screening", "promoted", *["screening"] * 3, "promoted"
+    ]  # fmt: skip
+    assert [t.user_attrs.get(_attrs.SLOT) for t in study.trials[6:9]] == [0, 1, 2]
+    check_round(study, 0, 3, 1)
+    check_round(study, 1, 3, 1)
 
 
 def test_pruner_never_prunes_promoted_trials_by_itself() -> None:
