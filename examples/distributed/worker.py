@@ -4,8 +4,10 @@ Every worker runs this same script against one shared storage; the storage decid
 trial does (screening or promotion), so workers need no other coordination. Start them on one
 machine or many, at any time; stop and restart them as you please.
 
-    # a PostgreSQL server (recommended for many workers), with Optuna's heartbeat:
-    python examples/distributed/worker.py --storage postgresql+psycopg2://user:pw@host/db
+    # a PostgreSQL server (recommended for many workers), with Optuna's heartbeat; the URL
+    # holds a password, so it comes from the environment, not the command line:
+    read -rsp "Storage URL: " OPTUNA_STORAGE && export OPTUNA_STORAGE
+    python examples/distributed/worker.py
     # or a Journal file on a shared file system (no server; no heartbeat):
     python examples/distributed/worker.py --storage journal:search.log
 
@@ -15,7 +17,9 @@ See launcher.py to start several workers on this machine.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+import re
 import sys
 
 import optuna
@@ -29,6 +33,23 @@ import optuna_convexity
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quickstart import load_data
 from quickstart import make_objective
+
+
+#: The storage when neither ``--storage`` nor ``OPTUNA_STORAGE`` names one.
+DEFAULT_STORAGE = "journal:distributed-search.log"
+
+
+def warn_if_password_on_command_line(spec: str) -> None:
+    """Say so when ``--storage`` was given a URL with a password on the command line."""
+    if spec == os.environ.get("OPTUNA_STORAGE") or not re.search(r"://[^/@]*:[^/@]+@", spec):
+        return
+    print(
+        "Warning: --storage carries a password, which every process on this machine can read "
+        "(/proc/PID/cmdline) and your shell keeps in its history. Put the URL in the "
+        "OPTUNA_STORAGE environment variable instead, e.g. "
+        'read -rsp "Storage URL: " OPTUNA_STORAGE && export OPTUNA_STORAGE',
+        file=sys.stderr,
+    )
 
 
 def make_storage(spec: str) -> optuna.storages.BaseStorage | str:
@@ -51,7 +72,12 @@ def make_storage(spec: str) -> optuna.storages.BaseStorage | str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--storage", default="journal:distributed-search.log")
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE),
+        help=f"a Journal file (journal:<path>) or a database URL; default: $OPTUNA_STORAGE, "
+        f"else {DEFAULT_STORAGE}. A URL with a password belongs in OPTUNA_STORAGE instead",
+    )
     parser.add_argument("--study-name", default="distributed")
     parser.add_argument("--n-screening", type=int, default=50)
     parser.add_argument("--n-promoted", type=int, default=10)
@@ -72,6 +98,7 @@ def main() -> None:
         "workers on one machine, give each its share of the cores, as launcher.py does)",
     )
     args = parser.parse_args()
+    warn_if_password_on_command_line(args.storage)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
