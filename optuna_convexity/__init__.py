@@ -33,6 +33,9 @@ names are the public contract (defined once, with their readers, in ``_attrs``):
 ``convexity:parent``                      promoted: the screening trial rerun (int)
 ``convexity:rank``                        promoted: 1 = ranked first (int)
 ``convexity:excluded``                    why a candidate cannot be promoted (str)
+``convexity:lease``                       a *system* attribute of running trials on storages
+                                          without heartbeat: when its worker last refreshed
+                                          the trial's lease (str, ISO 8601 UTC)
 ========================================  ===================================================
 """
 

@@ -54,6 +54,11 @@ RANK = "convexity:rank"
 #: Screening trials that cannot be promoted, and withdrawn trials: why, in words.
 EXCLUDED = "convexity:excluded"
 
+#: A *system* attribute (``system_attrs``) of running trials on storages without Optuna's
+#: heartbeat: when the worker running the trial last refreshed its lease (an ISO 8601 time,
+#: UTC). Other workers fail and requeue a trial whose lease stops changing (see ``_lease``).
+LEASE = "convexity:lease"
+
 #: ``EXCLUDED`` of a screening trial whose score was not finite (it has no ``MU`` of its own).
 MU_NOT_FINITE = "mu is not finite"
 

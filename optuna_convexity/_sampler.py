@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import math
 import sys
+import time
 from typing import Any
 
 import optuna
@@ -24,6 +25,7 @@ from optuna_convexity import _state
 from optuna_convexity import _waiting
 from optuna_convexity._budget import OptimizeBudget
 from optuna_convexity._criteria import Criterion
+from optuna_convexity._lease import Leases
 from optuna_convexity._listeners import notify
 from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import cleared_inheritance
@@ -177,8 +179,23 @@ class ConvexitySampler(BaseSampler):
             failed. A failure that a retry would repeat is never retried: the objective
             returned ``nan`` (or another value that is not a finite number), or a parameter
             does not fit the parent's (see the error). (Trials killed without a chance to fail
-            are Optuna's heartbeat's job: see
-            ``RDBStorage(heartbeat_interval=..., heartbeat_stale_trial_callback=...)``.)
+            are found by Optuna's heartbeat where the storage has one,
+            ``RDBStorage(heartbeat_interval=..., heartbeat_stale_trial_callback=...)``, and by
+            the lease below elsewhere.)
+        lease_interval:
+            On a storage without Optuna's heartbeat (``JournalStorage``, ``GrpcStorageProxy``,
+            ``RDBStorage`` without ``heartbeat_interval``): seconds between two refreshes of
+            the lease of a running trial, a timestamp in its ``convexity:lease`` system
+            attribute written by a daemon thread of the worker that runs it. Optuna has no
+            heartbeat for these storages, so the sampler builds this one on the public storage
+            API.
+        lease_grace_period:
+            Seconds after which a trial whose lease has not changed is taken as dead (its
+            worker was killed): the next worker to start a trial, or one waiting for the
+            screening, fails it and queues it again with the same role, as Optuna's heartbeat
+            and ``RetryHeartbeatStaleTrialCallback`` would, and logs a warning. At least twice
+            ``lease_interval``; each worker measures it on its own clock, so machines need not
+            agree on the time.
     """
 
     def __init__(
@@ -196,6 +213,8 @@ class ConvexitySampler(BaseSampler):
         asynchronous: bool = False,
         min_screening: int | None = None,
         promotion_retries: int = 1,
+        lease_interval: float = 10.0,
+        lease_grace_period: float = 60.0,
     ) -> None:
         config = SearchConfig(n_screening, n_promoted, criterion, bool(asynchronous))
         if screening_sampler is not None and not isinstance(screening_sampler, BaseSampler):
@@ -211,7 +230,10 @@ class ConvexitySampler(BaseSampler):
         seed = checked_seed("seed", seed, bits=32)  # numpy's limit, which RandomSampler meets late
         self._open = OpenTrials()
         self._budget = OptimizeBudget()
-        self._barrier = ScreeningBarrier(poll_interval, wait_timeout, stale_warning, self._open)
+        self._leases = Leases(lease_interval, lease_grace_period)
+        self._barrier = ScreeningBarrier(
+            poll_interval, wait_timeout, stale_warning, self._open, self._leases
+        )
         if min_screening is not None and not asynchronous:
             raise ValueError(
                 "min_screening only applies to the asynchronous search; pass asynchronous=True "
@@ -329,6 +351,7 @@ class ConvexitySampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._open.open(trial)
+        self._leases.hold(study, trial)
         # Optuna's heartbeat thread starts only after this hook returns, and a trial without a
         # heartbeat is never found stale: if its worker dies before then (a promotion can wait
         # here a long time), the trial would stay RUNNING forever. Beat now, and while waiting.
@@ -341,11 +364,13 @@ class ConvexitySampler(BaseSampler):
             _waiting.beat(study, trial)  # Optuna's heartbeat thread takes over now
         except BaseException as error:
             self._open.close(trial)
+            self._leases.release(trial)
             _state.abandon(study, trial, error, self.search_config, self.promotion_retries)
             raise
 
     def _decide_start(self, study: Study, trial: FrozenTrial) -> Start:
         """The trial's role, from the stored trials, and how it starts in that role."""
+        read_at = time.monotonic()
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         key = (id(study._storage), study._study_id)
         foreign = _state.check_study(
@@ -357,6 +382,7 @@ class ConvexitySampler(BaseSampler):
             _state.warn_foreign(study, foreign)
         self._open.warn_if_sqlite_queue(study, trial, trials)
         self._open.adopt_orphans(study, trials)
+        self._leases.recover_stale(study, trials, read_at)
         roles = assign_roles(trials, self.n_screening, self.n_promoted, self.asynchronous)
         role = roles.get(trial.number)
         if role is None:
@@ -387,6 +413,7 @@ class ConvexitySampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._open.close(trial)
+        self._leases.release(trial)
         if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED:
             if state == TrialState.FAIL and self.promotion_retries:
                 deterministic = _state.deterministic_failure(trial, sys._getframe(1))

@@ -314,9 +314,9 @@ def requeue(study: Study, trial: FrozenTrial, limit: int | None) -> None:
     the copy keeps the role of the original (see :mod:`._roles`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=limit)(
-            study, copy.deepcopy(trial)
-        )
+        retried = copy.deepcopy(trial)
+        retried.system_attrs.pop(_attrs.LEASE, None)  # the copy's lease is its own worker's
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=limit)(study, retried)
 
 
 def retries(trial: FrozenTrial) -> int:

@@ -4,9 +4,10 @@ A trial holding a promotion slot waits, polling the storage with growing interva
 screening of its round is closed, then takes the candidate of its rank
 (:meth:`ScreeningBarrier.start_promoted`). While it waits it keeps the search alive: it beats
 its heartbeat (:func:`beat`), gives orphaned trials one heartbeat so that Optuna can find them
-stale (:meth:`OpenTrials.adopt_orphans`), refuses to wait for trials that its own thread asked
-for and has not told, and warns about screening trials that seem stuck on a storage without
-heartbeat.
+stale (:meth:`OpenTrials.adopt_orphans`), or, on a storage without heartbeat, fails and
+requeues the trials whose lease went stale (:mod:`._lease`); it refuses to wait for trials
+that its own thread asked for and has not told, and warns about screening trials that seem
+stuck.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
 from optuna_convexity import _state
+from optuna_convexity._lease import heartbeat_interval
+from optuna_convexity._lease import Leases
+from optuna_convexity._lease import needs_lease
 from optuna_convexity._roles import Candidate
 from optuna_convexity._roles import cleared_inheritance
 from optuna_convexity._roles import FIXED_PARAMS
@@ -45,13 +49,6 @@ _logger = optuna.logging.get_logger(__name__)
 _RETRY_GRACE = datetime.timedelta(seconds=60)
 #: How often a waiting worker logs that it is still waiting.
 _LOG_EVERY_SECONDS = 30.0
-
-
-def heartbeat_interval(storage: Any) -> int | None:
-    """The storage's heartbeat interval, or ``None`` if it has no heartbeat (Optuna's
-    ``RDBStorage(heartbeat_interval=...)``, directly or behind its cache)."""
-    getter = getattr(storage, "get_heartbeat_interval", None)
-    return getter() if callable(getter) else None
 
 
 def retry_callback(storage: Any) -> Any:
@@ -154,6 +151,7 @@ class ScreeningBarrier:
         wait_timeout: float | None,
         stale_warning: float,
         open_trials: OpenTrials,
+        leases: Leases,
     ) -> None:
         if (
             len(poll_interval) != 2
@@ -172,6 +170,7 @@ class ScreeningBarrier:
         self._wait_timeout = wait_timeout
         self._stale_warning = float(stale_warning)
         self._open = open_trials
+        self._leases = leases
 
     def start_promoted(
         self, study: Study, trial: FrozenTrial, role: Role, config: SearchConfig
@@ -233,7 +232,8 @@ class ScreeningBarrier:
         storage = study._storage
         interval_of_storage = heartbeat_interval(storage)
         heartbeat = interval_of_storage is not None
-        retries_expected = heartbeat and retry_callback(storage) is not None
+        lease = needs_lease(storage)  # stale trials are failed and requeued by the waiters
+        retries_expected = lease or (heartbeat and retry_callback(storage) is not None)
         started = time.monotonic()
         interval, largest = self._poll_interval
         if interval_of_storage is not None:  # beat at least as often as the storage expects
@@ -242,7 +242,10 @@ class ScreeningBarrier:
         last_log = -math.inf
         warned: set[int] = set()
         while True:
+            read_at = time.monotonic()
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
+            if lease:
+                self._leases.recover_stale(study, trials, read_at)
             resolution = _state.resolve(
                 study, trials, config, retries_expected=retries_expected, retry_grace=_RETRY_GRACE
             )
@@ -267,7 +270,7 @@ class ScreeningBarrier:
                 )
                 last_log = waited
             if not heartbeat:
-                self._warn_if_stuck(resolution.candidates[open_round], running, warned)
+                self._warn_if_stuck(resolution.candidates[open_round], running, warned, lease)
             if self._wait_timeout is not None and waited > self._wait_timeout:
                 raise ScreeningWaitError(
                     f"Trial {trial.number} waited {waited:.0f} s (wait_timeout) for screening "
@@ -299,7 +302,11 @@ class ScreeningBarrier:
             )
 
     def _warn_if_stuck(
-        self, candidates: Sequence[Candidate], running: Sequence[FrozenTrial], warned: set[int]
+        self,
+        candidates: Sequence[Candidate],
+        running: Sequence[FrozenTrial],
+        warned: set[int],
+        lease: bool,
     ) -> None:
         durations = [
             (a.datetime_complete - a.datetime_start).total_seconds()
@@ -315,6 +322,15 @@ class ScreeningBarrier:
             seconds = (now - attempt.datetime_start).total_seconds()
             if seconds > limit:
                 warned.add(attempt.number)
+                if lease:
+                    _logger.warning(
+                        f"Screening trial {attempt.number} has been running for {seconds:.0f} "
+                        "s, and its worker still refreshes its lease, so the worker is alive; "
+                        "it may be stuck. Stopping that worker fails the trial and queues it "
+                        "again after lease_grace_period; or mark it failed from any process "
+                        f"(study.tell({attempt.number}, state=optuna.trial.TrialState.FAIL))."
+                    )
+                    continue
                 _logger.warning(
                     f"Screening trial {attempt.number} has been running for {seconds:.0f} s. "
                     "This storage has no heartbeat, so if its worker died it stays RUNNING and "

@@ -30,6 +30,7 @@ LAYERS = {
     "_listeners": 0,
     "_roles": 1,
     "_state": 2,
+    "_lease": 3,
     "_waiting": 3,
     "_budget": 3,
     "_asynchronous": 3,
