@@ -18,10 +18,12 @@ import pytest
 
 import optuna_convexity
 from optuna_convexity import _attrs
+from tests.distributed.conftest import FAULTS
 from tests.distributed.conftest import new_study
 from tests.distributed.conftest import Pool
 from tests.distributed.conftest import ROOT
 from tests.distributed.conftest import STATS
+from tests.distributed.faults import hanging
 from tests.distributed.worker import storage_of
 from tests.search.helpers import check_round
 
@@ -83,13 +85,15 @@ def test_killed_worker_is_recovered_by_heartbeat(
     marker = tmp_path / "hanging"
     position = 2 if phase == "screening" else 1
     log = tmp_path / "victim.log"
-    victim = _spawn(_spec(postgres_url, name, hang_at=[phase, position], marker=str(marker)), log)
+    spec = _spec(postgres_url, name, hang_at=[[phase, position]], marker=str(marker))
+    victim = _spawn(spec, log)
     try:
         _wait_for(marker.exists, f"the victim to hang in its {phase} trial", 120, victim, log)
+        ((killed, _),) = hanging(marker, 1, timeout=30)
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
-    killed = int(marker.read_text())
+    FAULTS["PostgreSQL"][0] += 1
     # Two healthy workers finish the study: Optuna's heartbeat fails the dead trial and its
     # retry callback queues a copy, which one of them runs.
     pool.run([_spec(postgres_url, name, seed=i) for i in range(2)], timeout=180)
@@ -108,6 +112,7 @@ def test_killed_worker_is_recovered_by_heartbeat(
         assert retry.user_attrs[_attrs.SCORED_BY] == retry.number  # scored again, itself
     check_round(study, 0, N_SCREENING, N_PROMOTED)
     STATS["crash_runs"] += 1
+    FAULTS["PostgreSQL"][1] += 1
 
 
 def _stop_all(workers: list[subprocess.Popen[bytes]], sig: int) -> None:

@@ -15,6 +15,8 @@ import pytest
 import optuna_convexity
 from optuna_convexity import _attrs
 from optuna_convexity._lease import Leases
+from tests.distributed.conftest import Pool
+from tests.distributed.faults import fault_run
 
 
 def _journal(path: Path) -> optuna.storages.JournalStorage:
@@ -115,3 +117,11 @@ def test_a_stale_lease_is_failed_by_exactly_one_worker_and_requeued(
     again = study.ask()
     assert again.number == retry.number
     assert again.params == trials[dead.number].params
+
+
+@pytest.mark.parametrize("phase", ["screening", "promoted"])
+def test_a_killed_worker_is_recovered_on_a_journal_file(
+    pool: Pool, tmp_path: Path, phase: str
+) -> None:
+    """No heartbeat, no person: the other workers recover the killed worker's trial."""
+    fault_run(pool, str(tmp_path / f"{phase}.journal"), "Journal", phase, 8, tmp_path)

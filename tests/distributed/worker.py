@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing.queues
-from pathlib import Path
+import os
 import random
 import sys
 import time
+import traceback
 from typing import Any
+import warnings
 
 import optuna
 from optuna.study import MaxTrialsCallback
@@ -24,7 +26,13 @@ from tests.search.helpers import synthetic_mu
 
 
 def storage_of(spec: dict[str, Any]) -> Any:
-    """An Optuna storage from a JSON-able description."""
+    """An Optuna storage from a JSON-able description (``grpc://HOST:PORT``: Optuna's gRPC
+    proxy)."""
+    if spec["storage"].startswith("grpc://"):
+        host, port = spec["storage"][len("grpc://") :].rsplit(":", 1)
+        with warnings.catch_warnings():  # experimental in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
     if spec["storage"].endswith(".journal"):
         return optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(spec["storage"])
@@ -42,7 +50,10 @@ def storage_of(spec: dict[str, Any]) -> Any:
 def _objective(spec: dict[str, Any]) -> Any:
     rng = random.Random(spec.get("seed"))
     delay = float(spec.get("delay", 0.02))
-    hang_at = spec.get("hang_at")  # e.g. ["screening", 2] or ["promoted", 1]
+    # Roles of round 0 whose first attempt hangs until the test stops its worker, e.g.
+    # [["screening", 2]] or [["promoted", 1], ["promoted", 2]]; each hanging trial appends
+    # "NUMBER PID" to the marker file.
+    hang_at = spec.get("hang_at", [])
     marker = spec.get("marker")
 
     def objective(trial: optuna.Trial) -> float:
@@ -51,11 +62,13 @@ def _objective(spec: dict[str, Any]) -> Any:
         time.sleep(rng.uniform(0.0, delay))
         screening = optuna_convexity.is_screening(trial)
         position = trial.user_attrs.get("convexity:slot" if screening else "convexity:rank")
-        if hang_at and [("screening" if screening else "promoted"), position] == hang_at:
+        role = [("screening" if screening else "promoted"), position]
+        if role in hang_at and trial.user_attrs.get("convexity:round") == 0:
             system_attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
             if "failed_trial" not in system_attrs:  # the retry must not hang again
-                Path(marker).write_text(str(trial.number))
-                time.sleep(3600)  # killed here
+                with open(marker, "a") as hanging:
+                    hanging.write(f"{trial.number} {os.getpid()}\n")
+                time.sleep(3600)  # stopped here
         for epoch in range(3):
             if screening:
                 optuna_convexity.record_mu(trial, synthetic_mu(trial.params))
@@ -91,8 +104,9 @@ def run(spec: dict[str, Any]) -> None:
         sampler=optuna_convexity.ConvexitySampler(
             spec["n_screening"],
             spec["n_promoted"],
-            poll_interval=(0.05, 0.5),
+            poll_interval=tuple(spec.get("poll_interval", (0.05, 0.5))),
             asynchronous=spec.get("asynchronous", False),
+            **spec.get("lease", {}),  # lease_interval, lease_grace_period
         ),
         pruner=optuna_convexity.ConvexityPruner(),
     )
@@ -103,6 +117,8 @@ def run(spec: dict[str, Any]) -> None:
     )
     safety_net = MaxTrialsCallback(100, states=None)  # a test that hangs should fail instead
     study.optimize(_objective(spec), callbacks=[stop, safety_net], catch=(RuntimeError,))
+    if isinstance(study._storage, optuna.storages.GrpcStorageProxy):
+        study._storage.close()
 
 
 def serve(tasks: multiprocessing.queues.Queue, results: multiprocessing.queues.Queue) -> None:  # type: ignore[type-arg]
@@ -114,8 +130,8 @@ def serve(tasks: multiprocessing.queues.Queue, results: multiprocessing.queues.Q
         try:
             run(spec)
             results.put(None)
-        except BaseException as error:  # report to the test, which fails
-            results.put(repr(error))
+        except BaseException:  # report to the test, which fails
+            results.put(traceback.format_exc(limit=-6))
 
 
 if __name__ == "__main__":
