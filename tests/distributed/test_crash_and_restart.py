@@ -129,9 +129,14 @@ def _stop_all(workers: list[subprocess.Popen[bytes]], sig: int) -> None:
 
 @pytest.mark.parametrize("backend", ["postgresql", "journal"], indirect=True)
 def test_stopping_every_worker_and_starting_again_continues(
-    backend: str, storage_spec: str
+    backend: str, storage_spec: str, tmp_path: Path
 ) -> None:
     """Stop all workers mid-screening, then mid-promotion; the same script resumes.
+
+    The workers are stopped while they are known to be inside those trials: screening slots
+    3 to 5, then both promotions, hang in their objective until the workers are stopped (a
+    poll for a running promotion could miss a promotion that finished between two reads of
+    a busy machine, and then waited for one that never came).
 
     PostgreSQL with heartbeat: workers are killed (SIGKILL), the heartbeat fails their trials
     and the retry callback requeues them. Journal storage has no heartbeat: workers are
@@ -142,20 +147,23 @@ def test_stopping_every_worker_and_starting_again_continues(
     heartbeat = backend == "postgresql"
     sig = signal.SIGKILL if heartbeat else signal.SIGINT
     name = new_study(storage_spec)
-    spec = _spec(storage_spec, name, heartbeat=heartbeat, delay=0.6)
+    spec = _spec(storage_spec, name, heartbeat=heartbeat, delay=0.2)
 
-    def finished(phase: str) -> int:
-        return sum(
-            1
-            for t in _load(storage_spec, name).get_trials(deepcopy=False)
-            if t.user_attrs.get(_attrs.PHASE) == phase and t.state.is_finished()
-        )
-
-    def running_promotion() -> bool:
-        return any(
-            t.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED and not t.state.is_finished()
-            for t in _load(storage_spec, name).get_trials(deepcopy=False)
-        )
+    def start_and_stop_when_hanging(seed: int, roles: list[list[Any]], what: str) -> None:
+        """Start three workers, and stop them once ``roles`` hang in their objective."""
+        marker = tmp_path / f"hanging-{roles[0][0]}"
+        hang = {"hang_at": roles, "marker": str(marker)}
+        workers = [_spawn({**spec, **hang, "seed": seed + i}) for i in range(3)]
+        try:
+            deadline = time.monotonic() + 180
+            while len(marker.read_text().splitlines() if marker.exists() else []) < len(roles):
+                exited = [p.returncode for p in workers if p.poll() is not None]
+                assert not exited, f"workers exited ({exited}) before {what}"
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.2)
+            hanging(marker, len(roles), timeout=30)
+        finally:
+            _stop_all(workers, sig)
 
     def recover() -> None:  # what the README tells users of storages without heartbeat
         if not heartbeat:
@@ -166,17 +174,12 @@ def test_stopping_every_worker_and_starting_again_continues(
             )
             optuna_convexity.fail_running_trials(study)
 
-    workers = [_spawn({**spec, "seed": i}) for i in range(3)]
-    _wait_for(lambda: finished("screening") >= 2, "some screening to finish")
-    _stop_all(workers, sig)
+    screening = [["screening", 3], ["screening", 4], ["screening", 5]]
+    start_and_stop_when_hanging(0, screening, "three screening trials to run")
     recover()
     before = {t.number: t.state for t in _load(storage_spec, name).trials if t.state.is_finished()}
 
-    workers = [_spawn({**spec, "seed": 10 + i}) for i in range(3)]
-    try:
-        _wait_for(running_promotion, "a promoted trial to run", timeout=180)
-    finally:
-        _stop_all(workers, sig)
+    start_and_stop_when_hanging(10, [["promoted", 1], ["promoted", 2]], "both promotions to run")
     recover()
 
     workers = [_spawn({**spec, "seed": 20 + i}) for i in range(3)]
