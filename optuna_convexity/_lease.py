@@ -12,7 +12,8 @@ this module builds a lease on Optuna's public storage API alone:
   ``lease_interval`` seconds, from before the trial's role is decided (a promotion waiting at
   the barrier holds it too) until the trial is told.
 - Every other worker, at each trial start and while it waits at the barrier, looks at the
-  RUNNING trials it does not hold. A trial whose lease value has not changed for
+  RUNNING trials it does not hold and that hold a lease (a trial run by a process without the
+  sampler holds none, and is left alone). A trial whose lease value has not changed for
   ``lease_grace_period`` seconds *of the observing worker's own clock* is stale: the
   observer fails it through the storage's state transition (``set_trial_state_values``, which
   lets exactly one worker turn a RUNNING trial FAIL; the others get ``False`` or
@@ -178,8 +179,10 @@ class Leases:
             for trial in trials:
                 if trial.state != TrialState.RUNNING or trial._trial_id in self._held:
                     continue
-                running[trial._trial_id] = trial
                 lease = trial.system_attrs.get(_attrs.LEASE)
+                if lease is None:  # never held one: run by another sampler, leave it alone
+                    continue
+                running[trial._trial_id] = trial
                 seen = self._seen.get(trial._trial_id)
                 if seen is None or seen[0] != lease:
                     self._seen[trial._trial_id] = (lease, now)

@@ -78,6 +78,8 @@ def test_a_stale_lease_is_failed_by_exactly_one_worker_and_requeued(
     dead = study.ask()
     dead.suggest_float("x", 0.0, 1.0)
     sampler._leases.release(dead)  # its worker dies: nobody refreshes the lease any more
+    # A trial of a process without the sampler holds no lease: it is never failed.
+    foreign = optuna.load_study(study_name=study.study_name, storage=_journal(path)).ask()
     # Eight other workers, each with its own storage object, look at the same trial.
     workers = [(Leases(0.1, 0.5), _journal(path)) for _ in range(8)]
     won: list[list[int]] = []
@@ -103,7 +105,8 @@ def test_a_stale_lease_is_failed_by_exactly_one_worker_and_requeued(
     assert sorted(n for numbers in won for n in numbers) == [dead.number]  # one winner
     trials = study.get_trials(deepcopy=False)
     assert trials[dead.number].state == TrialState.FAIL
-    (retry,) = trials[dead.number + 1 :]
+    assert trials[foreign.number].state == TrialState.RUNNING
+    (retry,) = trials[foreign.number + 1 :]
     assert retry.state == TrialState.WAITING
     assert retry.system_attrs["failed_trial"] == dead.number
     assert retry.system_attrs["retry_history"] == [dead.number]
