@@ -12,12 +12,14 @@ from optuna_convexity._roles import assign_roles
 def fail_running_trials(study: optuna.Study) -> list[int]:
     """Fail the trials that stopped workers left RUNNING, and requeue their promotions.
 
-    On a storage without heartbeat (``JournalStorage``, or ``RDBStorage`` without
-    ``heartbeat_interval``), a worker that is killed, or interrupted at an unlucky moment,
-    leaves its trial RUNNING for good, and a RUNNING screening trial holds its round's
-    promotions. After stopping **every** worker, call this once, then start the workers
-    again: screening trials are failed (their candidates are excluded), and promotions,
-    decided or not, are failed and queued again with the same rank, as Optuna's
+    On a storage without heartbeat (``JournalStorage``, ``GrpcStorageProxy``, or
+    ``RDBStorage`` without ``heartbeat_interval``), a worker that is killed, or interrupted at
+    an unlucky moment, leaves its trial RUNNING, and a RUNNING screening trial holds its
+    round's promotions. The running workers find such a trial by its lease and requeue it
+    after the sampler's ``lease_grace_period``; this function does it at once for a search
+    whose workers are all stopped. After stopping **every** worker, call this once, then
+    start the workers again: screening trials are failed (their candidates are excluded), and
+    promotions, decided or not, are failed and queued again with the same rank, as Optuna's
     ``RetryHeartbeatStaleTrialCallback`` would do on a storage with heartbeat.
 
     Do not call it while workers are running: it cannot tell a live trial from a dead one.
