@@ -62,11 +62,12 @@ def needs_lease(storage: Any) -> bool:
 
 
 class _Holding:
-    """The thread refreshing one trial's lease, and how to stop it."""
+    """The thread refreshing one trial's lease, how to stop it, and the storage it writes."""
 
-    def __init__(self, thread: threading.Thread, stop: threading.Event) -> None:
+    def __init__(self, thread: threading.Thread, stop: threading.Event, storage: Any) -> None:
         self.thread = thread
         self.stop = stop
+        self.storage = storage
 
 
 class Leases:
@@ -122,17 +123,23 @@ class Leases:
             daemon=True,  # a dying process must not be kept alive by its leases
         )
         with self._lock:
-            self._held[trial_id] = _Holding(thread, stop)
+            self._held[trial_id] = _Holding(thread, stop, storage)
         thread.start()
 
     def release(self, trial: FrozenTrial) -> None:
-        """Stop refreshing the trial's lease (before its final state is written)."""
+        """Stop refreshing the trial's lease, and refresh it one last time: its final state is
+        written after this (by Optuna's ``tell``), within a grace period from now."""
         with self._lock:
             holding = self._held.pop(trial._trial_id, None)
-        if holding is not None:
-            holding.stop.set()
-            if holding.thread is not threading.current_thread():
-                holding.thread.join(timeout=self.interval + 5.0)
+        if holding is None:
+            return
+        holding.stop.set()
+        if holding.thread is not threading.current_thread():
+            holding.thread.join(timeout=self.interval + 5.0)
+        try:
+            _refresh(holding.storage, trial._trial_id)
+        except Exception:  # finished already, or a storage hiccup: the last refresh is a bonus
+            pass
 
     def _refresh_until_stopped(
         self, storage: Any, trial_id: int, number: int, stop: threading.Event

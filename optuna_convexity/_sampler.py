@@ -413,6 +413,10 @@ class ConvexitySampler(BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._open.close(trial)
+        # The trial is still RUNNING until Optuna writes its state after this hook, which may
+        # take a while (a promotion refreshes the dashboard), but Optuna's heartbeat thread
+        # stopped with the objective: one last heartbeat, or lease, gives it a grace period.
+        _waiting.beat(study, trial)
         self._leases.release(trial)
         if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED:
             if state == TrialState.FAIL and self.promotion_retries:
