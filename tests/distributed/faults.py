@@ -50,7 +50,7 @@ def hanging(marker: Path, count: int, timeout: float) -> list[tuple[int, int]]:
         text = marker.read_text() if marker.exists() else ""
         lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
         if len(lines) >= count:
-            return [(int(n), int(pid)) for n, pid in (line.split() for line in lines)]
+            return [(int(n), int(pid)) for n, pid, _ in (line.split() for line in lines)]
         time.sleep(0.05)
     raise AssertionError(f"{count} trials did not reach the point where they hang in {timeout} s")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing.queues
 import os
+from pathlib import Path
 import random
 import sys
 import time
@@ -50,9 +51,10 @@ def storage_of(spec: dict[str, Any]) -> Any:
 def _objective(spec: dict[str, Any]) -> Any:
     rng = random.Random(spec.get("seed"))
     delay = float(spec.get("delay", 0.02))
-    # Roles of round 0 whose first attempt hangs until the test stops its worker, e.g.
+    # Roles of round 0 that hang once (the first trial to play the role, a retry or a copy
+    # included, hangs; later ones do not) until the test stops the worker, e.g.
     # [["screening", 2]] or [["promoted", 1], ["promoted", 2]]; each hanging trial appends
-    # "NUMBER PID" to the marker file.
+    # "NUMBER PID ROLE" to the marker file.
     hang_at = spec.get("hang_at", [])
     marker = spec.get("marker")
 
@@ -64,10 +66,11 @@ def _objective(spec: dict[str, Any]) -> Any:
         position = trial.user_attrs.get("convexity:slot" if screening else "convexity:rank")
         role = [("screening" if screening else "promoted"), position]
         if role in hang_at and trial.user_attrs.get("convexity:round") == 0:
-            system_attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
-            if "failed_trial" not in system_attrs:  # the retry must not hang again
+            key = f"{role[0]}:{role[1]}"
+            hung = Path(marker).read_text().split() if Path(marker).exists() else []
+            if key not in hung:  # the retry must not hang again
                 with open(marker, "a") as hanging:
-                    hanging.write(f"{trial.number} {os.getpid()}\n")
+                    hanging.write(f"{trial.number} {os.getpid()} {key}\n")
                 time.sleep(3600)  # stopped here
         for epoch in range(3):
             if screening:
