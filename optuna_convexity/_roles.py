@@ -251,8 +251,8 @@ def ranking(
 ) -> list[Candidate]:
     """Valid candidates in promotion order by ``criterion`` (see :mod:`._criteria`)."""
     valid = {c.root: c for c in candidates if c.exclusion is None}
-    ranked = _criteria.rank([signals(c) for c in valid.values()], criterion, maximize)
-    return [valid[r.root] for r in ranked]
+    scored = [signals(c) for c in valid.values()]
+    return [valid[r.root] for r in _criteria.rank(scored, criterion, maximize)]
 
 
 @dataclasses.dataclass
@@ -331,6 +331,80 @@ def _fresh_count(trials: Sequence[FrozenTrial]) -> int:
         and FIXED_PARAMS not in t.system_attrs
         and not is_foreign(t)
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a trial stands when it starts, as the stored trials decide it (see :func:`place`)."""
+
+    role: Role
+    #: A promotion of the synchronous search: the rounds as far as they are decided.
+    resolution: Resolution | None = None
+    #: A promotion queued by the asynchronous search.
+    queued: bool = False
+    #: A queued promotion that another trial queued first: that trial's number.
+    queued_first: int | None = None
+
+    @property
+    def waits(self) -> bool:
+        """A promotion whose round is still screening, and no screening retry is queued that
+        its worker could run instead."""
+        resolution = self.resolution
+        if resolution is None or self.role.round in resolution.rankings:
+            return False
+        queued = (a for c in resolution.pending for a in c.attempts)
+        return not any(a.state == TrialState.WAITING for a in queued)
+
+
+def place(
+    trial: FrozenTrial,
+    trials: Sequence[FrozenTrial],
+    n_screening: int,
+    n_promoted: int,
+    *,
+    asynchronous: bool,
+    frozen: dict[int, list[int]],
+    retries_expected: bool,
+    retry_grace: datetime.timedelta,
+    now: datetime.datetime,
+    criterion: Criterion,
+    maximize: bool,
+) -> Placement:
+    """Where ``trial`` stands among the stored ``trials``: its role; for a queued promotion,
+    whether another trial queued it first; for a synchronous promotion that has not inherited
+    its start (a retry with a phase), the rounds resolved with the ``frozen`` rankings."""
+    role = assign_roles(trials, n_screening, n_promoted, asynchronous).get(trial.number)
+    if role is None:
+        raise RuntimeError(
+            f"Trial {trial.number} retries trial {trial.system_attrs.get(RETRY_OF)}, which "
+            "ConvexitySampler did not run; it cannot tell its role."
+        )
+    if role.phase == "screening":
+        return Placement(role)
+    if asynchronous:
+        parent = trial.user_attrs.get(_attrs.PARENT)
+        copies = [
+            t.number
+            for t in trials
+            if is_queued_promotion(t) and t.user_attrs.get(_attrs.PARENT) == parent
+        ]
+        first = min(copies, default=trial.number)
+        duplicate = first != trial.number and RETRY_OF not in trial.system_attrs
+        return Placement(role, queued=True, queued_first=first if duplicate else None)
+    if _attrs.PHASE in trial.user_attrs:
+        return Placement(role)
+    resolution = resolve(
+        trials,
+        n_screening,
+        n_promoted,
+        frozen=frozen,
+        retries_expected=retries_expected,
+        retry_grace=retry_grace,
+        now=now,
+        criterion=criterion,
+        maximize=maximize,
+    )
+    return Placement(role, resolution)
 
 
 def premise_check(
