@@ -4,7 +4,7 @@ Every fresh trial screens. When a screening trial finishes, every scored candida
 ranks within the best ``n_promoted / n_screening`` fraction of all scored candidates (once at
 least ``min_screening`` are scored) and is not promoted yet is queued for promotion
 (:func:`promote`); a worker that pops a queued promotion runs it, unless another worker queued
-the same one first (:func:`._roles.place` tells, :func:`._start.decide` withdraws the copy).
+the same one first (:func:`._placement.place` tells, :func:`._start.decide` withdraws the copy).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """How a trial starts where it stands: :class:`Start`, decided by :func:`decide` from the
-trial's :class:`~._roles.Placement`, with no storage access; :func:`._state.write_start`
+trial's :class:`~._placement.Placement`, with no storage access; :func:`._state.write_start`
 writes it.
 
 - A screening trial takes the attributes of its role.
@@ -21,8 +21,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from optuna_convexity import _attrs
+from optuna_convexity._placement import Placement
 from optuna_convexity._roles import cleared_inheritance
-from optuna_convexity._roles import Placement
 from optuna_convexity._roles import Resolution
 from optuna_convexity._roles import Role
 

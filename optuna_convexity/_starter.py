@@ -2,7 +2,7 @@
 its start, calling the modules below in one order.
 
 Each pass keeps the trial alive (:mod:`._waiting`), reads the stored state once
-(:func:`._state.read`) and places the trial from it (:func:`._roles.place`); a promotion whose
+(:func:`._state.read`) and places the trial from it (:func:`._placement.place`); a promotion whose
 round is still screening goes round again. Then its start is decided (:func:`._start.decide`)
 and written in one step (:func:`._state.write_start`), and a screening trial is handed to the
 screening sampler. A trial that cannot start is failed, and its promotion queued again
@@ -18,7 +18,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from optuna_convexity import _roles
+from optuna_convexity import _placement
 from optuna_convexity import _state
 from optuna_convexity._start import decide
 from optuna_convexity._start import Start
@@ -64,7 +64,7 @@ class TrialStarter:
             # every pass beats first, the last one just before the start is written.
             waiting = self._barrier.enter(study, trial)
             snapshot: _state.Snapshot | None = None
-            placement: _roles.Placement | None = None
+            placement: _placement.Placement | None = None
             while True:
                 waiting.keep_alive(study, None if snapshot is None else snapshot.trials, placement)
                 if placement is not None and not placement.waits:
@@ -79,7 +79,7 @@ class TrialStarter:
                 if len(snapshot.foreign) > self._foreign_seen.get(key, 0):  # again if more
                     self._foreign_seen[key] = len(snapshot.foreign)
                     _state.warn_foreign(study, snapshot.foreign)
-                placement = _roles.place(
+                placement = _placement.place(
                     trial,
                     snapshot.trials,
                     config.n_screening,

@@ -27,9 +27,9 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
+from optuna_convexity._placement import Placement
 from optuna_convexity._roles import Candidate
 from optuna_convexity._roles import FIXED_PARAMS
-from optuna_convexity._roles import Placement
 from optuna_convexity._roles import Resolution
 from optuna_convexity._roles import RETRY_OF
 from optuna_convexity._roles import Role

@@ -29,6 +29,7 @@ LAYERS = {
     "_attrs": 0,
     "_listeners": 0,
     "_roles": 1,
+    "_placement": 1,
     "_start": 1,
     "_state": 2,
     "_waiting": 3,
