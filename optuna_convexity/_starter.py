@@ -61,7 +61,8 @@ class TrialStarter:
             # Optuna's heartbeat thread starts only after before_trial returns, and a trial
             # without a heartbeat is never found stale: if its worker dies before then (a
             # promotion can wait here a long time), the trial would stay RUNNING forever. So
-            # every pass beats first, the last one just before the start is written.
+            # every pass beats first, and the trial beats once more when its start is written
+            # (which tells the listeners: the dashboard's refresh can take seconds).
             waiting = self._barrier.enter(study, trial)
             snapshot: _state.Snapshot | None = None
             placement: _placement.Placement | None = None
@@ -96,6 +97,7 @@ class TrialStarter:
             _state.write_start(study, trial, start)
             if start.screens:
                 self._screening_sampler.before_trial(study, trial)
+            waiting.keep_alive(study, None, None)  # Optuna's heartbeat thread takes over now
         except BaseException as error:
             self._open.close(trial)
             _state.abandon(study, trial, error, config, self._promotion_retries)
