@@ -4,12 +4,11 @@ Every fresh trial screens. When a screening trial finishes, every scored candida
 ranks within the best ``n_promoted / n_screening`` fraction of all scored candidates (once at
 least ``min_screening`` are scored) and is not promoted yet is queued for promotion
 (:func:`promote`); a worker that pops a queued promotion runs it, unless another worker queued
-the same one first (:func:`start_queued_promotion`).
+the same one first (:func:`._placement.place` tells, :func:`._start.decide` withdraws the copy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import copy
 
 import optuna
@@ -22,38 +21,11 @@ from optuna_convexity import _attrs
 from optuna_convexity._roles import assign_roles
 from optuna_convexity._roles import Candidate
 from optuna_convexity._roles import candidates_of_round
-from optuna_convexity._roles import is_queued_promotion
 from optuna_convexity._roles import ranking
-from optuna_convexity._roles import RETRY_OF
 from optuna_convexity._state import SearchConfig
-from optuna_convexity._state import Start
 
 
 _logger = optuna.logging.get_logger(__name__)
-
-
-def start_queued_promotion(trial: FrozenTrial, trials: Sequence[FrozenTrial]) -> Start:
-    """Run the queued promotion, unless another trial queued the same one first (then
-    withdraw this copy)."""
-    parent = trial.user_attrs.get(_attrs.PARENT)
-    copies = [
-        t.number
-        for t in trials
-        if is_queued_promotion(t) and t.user_attrs.get(_attrs.PARENT) == parent
-    ]
-    if copies and min(copies) != trial.number and RETRY_OF not in trial.system_attrs:
-        return Start.withdrawn(
-            trial,
-            f"duplicates the promotion of trial {parent} queued as trial {min(copies)}",
-            requeue=False,
-        )
-    return Start(
-        message=(
-            f"Trial {trial.number} is promoted (asynchronous): it reruns screening trial "
-            f"{parent} at the full budget."
-        ),
-        announce=True,
-    )
 
 
 def promote(

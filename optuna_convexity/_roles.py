@@ -251,8 +251,8 @@ def ranking(
 ) -> list[Candidate]:
     """Valid candidates in promotion order by ``criterion`` (see :mod:`._criteria`)."""
     valid = {c.root: c for c in candidates if c.exclusion is None}
-    ranked = _criteria.rank([signals(c) for c in valid.values()], criterion, maximize)
-    return [valid[r.root] for r in ranked]
+    scored = [signals(c) for c in valid.values()]
+    return [valid[r.root] for r in _criteria.rank(scored, criterion, maximize)]
 
 
 @dataclasses.dataclass

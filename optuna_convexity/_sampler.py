@@ -1,13 +1,13 @@
-"""The two-phase search as an Optuna sampler: it hands out parameters and decides each
-trial's phase; the barrier (:mod:`._waiting`), asynchronous promotion (:mod:`._asynchronous`)
-and the stored state (:mod:`._state`) live in their own modules."""
+"""The two-phase search as an Optuna sampler: it hands out parameters and hands each trial to
+its start (:mod:`._starter`: the phase, the waiting barrier, the writes); asynchronous
+promotion (:mod:`._asynchronous`) and the stored state (:mod:`._state`) live in their own
+modules."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 import math
 import sys
-import time
 from typing import Any
 
 import optuna
@@ -22,17 +22,15 @@ from optuna_convexity import _asynchronous
 from optuna_convexity import _attrs
 from optuna_convexity import _criteria
 from optuna_convexity import _state
-from optuna_convexity import _waiting
 from optuna_convexity._budget import OptimizeBudget
 from optuna_convexity._criteria import Criterion
 from optuna_convexity._lease import Leases
 from optuna_convexity._listeners import notify
-from optuna_convexity._roles import assign_roles
-from optuna_convexity._roles import cleared_inheritance
 from optuna_convexity._roles import exclusion_reason
+from optuna_convexity._starter import TrialStarter
 from optuna_convexity._state import ScreeningWaitError
 from optuna_convexity._state import SearchConfig
-from optuna_convexity._state import Start
+from optuna_convexity._waiting import beat
 from optuna_convexity._waiting import OpenTrials
 from optuna_convexity._waiting import ScreeningBarrier
 from optuna_convexity.hessian import BaseHessianNormEstimator
@@ -231,7 +229,7 @@ class ConvexitySampler(BaseSampler):
         self._open = OpenTrials()
         self._budget = OptimizeBudget()
         self._leases = Leases(lease_interval, lease_grace_period)
-        self._barrier = ScreeningBarrier(
+        barrier = ScreeningBarrier(
             poll_interval, wait_timeout, stale_warning, self._open, self._leases
         )
         if min_screening is not None and not asynchronous:
@@ -254,9 +252,10 @@ class ConvexitySampler(BaseSampler):
         self.min_screening = min_screening
         self.promotion_retries = promotion_retries
         self._screening_sampler = screening_sampler or RandomSampler(seed=seed)
+        self._starter = TrialStarter(
+            config, barrier, self._open, self._leases, self._screening_sampler, promotion_retries
+        )
         self._parents: dict[tuple[int, int], FrozenTrial] = {}
-        self._checked_config: set[tuple[int, int]] = set()  # (id(storage), study id)
-        self._foreign_seen: dict[tuple[int, int], int] = {}  # foreign trials warned about
 
     @property
     def screening_sampler(self) -> BaseSampler:
@@ -268,12 +267,6 @@ class ConvexitySampler(BaseSampler):
         """The settings that decide roles and rankings; every worker of a study must share
         them (they are stored in the study, and a worker with others is refused)."""
         return self.search_config.as_dict()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_checked_config"] = set()
-        state["_foreign_seen"] = {}
-        return state
 
     def reseed_rng(self) -> None:
         self._screening_sampler.reseed_rng()
@@ -350,60 +343,10 @@ class ConvexitySampler(BaseSampler):
     # -- trial life cycle ----------------------------------------------------------------
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._open.open(trial)
-        self._leases.hold(study, trial)
-        # Optuna's heartbeat thread starts only after this hook returns, and a trial without a
-        # heartbeat is never found stale: if its worker dies before then (a promotion can wait
-        # here a long time), the trial would stay RUNNING forever. Beat now, and while waiting.
-        _waiting.beat(study, trial)
-        try:
-            start = self._decide_start(study, trial)
-            _state.write_start(study, trial, start)
-            if start.screens:
-                self._screening_sampler.before_trial(study, trial)
-            _waiting.beat(study, trial)  # Optuna's heartbeat thread takes over now
-        except BaseException as error:
-            self._open.close(trial)
-            self._leases.release(trial)
-            _state.abandon(study, trial, error, self.search_config, self.promotion_retries)
-            raise
-
-    def _decide_start(self, study: Study, trial: FrozenTrial) -> Start:
-        """The trial's role, from the stored trials, and how it starts in that role."""
-        read_at = time.monotonic()
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        key = (id(study._storage), study._study_id)
-        foreign = _state.check_study(
-            study, trials, None if key in self._checked_config else self.search_config
-        )
-        self._checked_config.add(key)
-        if len(foreign) > self._foreign_seen.get(key, 0):  # once, and again if more arrive
-            self._foreign_seen[key] = len(foreign)
-            _state.warn_foreign(study, foreign)
-        self._open.warn_if_sqlite_queue(study, trial, trials)
-        self._open.adopt_orphans(study, trials)
-        self._leases.recover_stale(study, trials, read_at)
-        roles = assign_roles(trials, self.n_screening, self.n_promoted, self.asynchronous)
-        role = roles.get(trial.number)
-        if role is None:
-            raise RuntimeError(
-                f"Trial {trial.number} retries trial {trial.system_attrs.get('failed_trial')}"
-                ", which ConvexitySampler did not run; it cannot tell its role."
-            )
-        if not self.asynchronous:
-            slot = role.slot if role.phase == "screening" else None
+        start = self._starter.start(study, trial)
+        if not self.asynchronous:  # said once per study.optimize call, at its first trial
+            slot = start.attrs.get(_attrs.SLOT) if start.screens else None
             self._budget.check(study, slot, self.n_screening, self.n_promoted)
-        if role.phase == "screening":
-            attrs: dict[str, Any] = {
-                _attrs.PHASE: _attrs.PHASE_SCREENING,
-                _attrs.ROUND: role.round,
-            }
-            if role.slot is not None:
-                attrs[_attrs.SLOT] = role.slot
-            return Start({**attrs, **cleared_inheritance(trial)}, screens=True)
-        if self.asynchronous:
-            return _asynchronous.start_queued_promotion(trial, trials)
-        return self._barrier.start_promoted(study, trial, role, self.search_config)
 
     def after_trial(
         self,
@@ -416,7 +359,7 @@ class ConvexitySampler(BaseSampler):
         # The trial is still RUNNING until Optuna writes its state after this hook, which may
         # take a while (a promotion refreshes the dashboard), but Optuna's heartbeat thread
         # stopped with the objective: one last heartbeat, or lease, gives it a grace period.
-        _waiting.beat(study, trial)
+        beat(study, trial)
         self._leases.release(trial)
         if trial.user_attrs.get(_attrs.PHASE) == _attrs.PHASE_PROMOTED:
             if state == TrialState.FAIL and self.promotion_retries:

@@ -5,12 +5,14 @@ writes every worker makes to it.
   :data:`CONFIG_KEY`), and where any reader finds them (:func:`config_of`).
 - The frozen ranking of each closed round (:data:`RANKING_KEY`), and resolving the rounds
   from the stored trials with them (:func:`resolve`).
-- Refusing a study the search cannot run in (:func:`check_study`).
-- Starting a trial as decided (:class:`Start`, :func:`write_start`), and failing and
-  requeuing trials with one retry policy (:func:`retry_limit`, :func:`fail`, :func:`requeue`).
+- Refusing a study the search cannot run in (:func:`check_study`), and reading the stored
+  state once for a trial that starts (:func:`read`).
+- Writing a trial's start as decided (:class:`._start.Start`, :func:`write_start`), and
+  failing and requeuing trials with one retry policy (:func:`retry_limit`, :func:`fail`,
+  :func:`requeue`).
 
-It imports nothing above the pure round logic (:mod:`._roles`): the sampler, the reports and
-the recovery read the stored state from here.
+It imports nothing above the pure round logic (:mod:`._roles`, :mod:`._start`): the sampler,
+the reports and the recovery read the stored state from here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 import copy
 import dataclasses
 import datetime
+import time
 from types import FrameType
 from typing import Any
 import warnings
@@ -38,6 +41,7 @@ from optuna_convexity._listeners import notify
 from optuna_convexity._roles import foreign_trials
 from optuna_convexity._roles import is_queued_promotion
 from optuna_convexity._roles import Resolution
+from optuna_convexity._start import Start
 from optuna_convexity.hessian._arguments import count
 
 
@@ -224,40 +228,35 @@ def resolve(
     )
 
 
-# -- starting a trial ----------------------------------------------------------------------
+# -- starting a trial: the stored state read once, the start written once -------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class Start:
-    """How a trial starts, decided from the stored state (by the sampler, the barrier or the
-    asynchronous promotion) and written by :func:`write_start`."""
+class Snapshot:
+    """The stored state of a search at one read: its trials and the rankings frozen so far."""
 
-    #: The attributes the trial takes, the phase among them (none: it keeps those it has).
-    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: The screening sampler proposes the trial's parameters.
-    screens: bool = False
-    #: Closed rounds whose rankings are frozen before the trial takes its rank.
-    resolution: Resolution | None = None
-    #: A withdrawn trial gives its role to a copy of it, queued first.
-    requeue: bool = False
-    #: Logged once the start is written.
-    message: str | None = None
-    #: A promotion was decided: the listeners are told.
-    announce: bool = False
+    trials: list[FrozenTrial]
+    frozen: dict[int, list[int]]
+    maximize: bool
+    #: When the read began (``time.monotonic()``): the clock a lease's staleness is read on.
+    read_at: float
+    #: The numbers of the foreign trials, which the search ignores (a checked read only).
+    foreign: list[int] = dataclasses.field(default_factory=list)
 
-    @classmethod
-    def withdrawn(cls, trial: FrozenTrial, reason: str, *, requeue: bool) -> Start:
-        """End the trial before it runs anything: it is pruned at its first suggestion (or
-        its first ``should_prune()``), and, with ``requeue``, a copy keeps its role."""
-        return cls(
-            {_attrs.PHASE: _attrs.PHASE_WITHDRAWN, _attrs.EXCLUDED: reason},
-            requeue=requeue,
-            message=f"Trial {trial.number} is withdrawn: it {reason}.",
-        )
+
+def read(study: Study, *, check: bool = False, config: SearchConfig | None = None) -> Snapshot:
+    """Read the stored state once; with ``check``, refuse a study the search cannot run in
+    (:func:`check_study`, which stores or compares ``config`` unless it is ``None``)."""
+    read_at = time.monotonic()
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    frozen = frozen_rankings(study)
+    foreign = check_study(study, trials, config) if check else []
+    return Snapshot(trials, frozen, study.direction == StudyDirection.MAXIMIZE, read_at, foreign)
 
 
 def write_start(study: Study, trial: FrozenTrial, start: Start) -> None:
-    """Write what :class:`Start` decided: the rankings, the copy, the attributes."""
+    """Write how the trial starts (:class:`._start.Start`): the rankings, the copy, the
+    attributes."""
     if start.resolution is not None:
         freeze(study, start.resolution)
     if start.requeue:

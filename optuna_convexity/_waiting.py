@@ -1,9 +1,9 @@
 """The waiting barrier of the synchronous search, and its liveness checks.
 
-A trial holding a promotion slot waits, polling the storage with growing intervals, until the
-screening of its round is closed, then takes the candidate of its rank
-(:meth:`ScreeningBarrier.start_promoted`). While it waits it keeps the search alive: it beats
-its heartbeat (:func:`beat`), gives orphaned trials one heartbeat so that Optuna can find them
+A trial holding a promotion slot waits, reading the storage with growing intervals, until the
+screening of its round is closed (:class:`Waiting`; the trial's start, :mod:`._starter`, does
+the reading and the deciding). While it waits it keeps the search alive: it beats its
+heartbeat (:func:`beat`), gives orphaned trials one heartbeat so that Optuna can find them
 stale (:meth:`OpenTrials.adopt_orphans`), or, on a storage without heartbeat, fails and
 requeues the trials whose lease went stale (:mod:`._lease`); it refuses to wait for trials
 that its own thread asked for and has not told, and warns about screening trials that seem
@@ -28,19 +28,17 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from optuna_convexity import _attrs
-from optuna_convexity import _state
 from optuna_convexity._lease import heartbeat_interval
 from optuna_convexity._lease import Leases
 from optuna_convexity._lease import needs_lease
+from optuna_convexity._placement import Placement
 from optuna_convexity._roles import Candidate
-from optuna_convexity._roles import cleared_inheritance
 from optuna_convexity._roles import FIXED_PARAMS
 from optuna_convexity._roles import Resolution
 from optuna_convexity._roles import RETRY_OF
 from optuna_convexity._roles import Role
 from optuna_convexity._state import ScreeningWaitError
-from optuna_convexity._state import SearchConfig
-from optuna_convexity._state import Start
+from optuna_convexity._state import Snapshot
 
 
 _logger = optuna.logging.get_logger(__name__)
@@ -143,7 +141,8 @@ class OpenTrials:
 
 
 class ScreeningBarrier:
-    """Waits, polling the storage, until the screening a promotion depends on is closed."""
+    """How long and how often a promotion waits for the screening it depends on, checked
+    once; :meth:`enter` begins one trial's :class:`Waiting`."""
 
     def __init__(
         self,
@@ -172,141 +171,115 @@ class ScreeningBarrier:
         self._open = open_trials
         self._leases = leases
 
-    def start_promoted(
-        self, study: Study, trial: FrozenTrial, role: Role, config: SearchConfig
-    ) -> Start:
-        """A trial holding a promotion slot: wait for the round's screening, then take the
-        candidate of its rank, or screen in the next round if no candidate is left."""
-        if _attrs.PHASE in trial.user_attrs:  # a retry: it inherited its original's decision
-            released = trial.user_attrs[_attrs.PHASE] == _attrs.PHASE_SCREENING
-            return Start(cleared_inheritance(trial) if released else {}, screens=released)
-        assert role.rank is not None
-        resolution = self.wait(study, trial, role, config)
-        if role.round not in resolution.rankings:  # screening retries are queued
-            return Start.withdrawn(
-                trial,
-                "gave its promotion slot back so that its worker runs the queued screening "
-                f"retries of round {resolution.open_round}; a copy keeps rank {role.rank}",
-                requeue=True,
-            )
-        ranked = resolution.rankings[role.round]
-        if role.rank > len(ranked):
-            if role.rank == len(ranked) + 1:
-                excluded = len(resolution.candidates[role.round]) - len(ranked)
-                _logger.warning(
-                    f"Round {role.round} has {len(ranked)} valid candidates for "
-                    f"{config.n_promoted} promotions ({excluded} screening trials were "
-                    "excluded; see their 'convexity:excluded' attribute). The trials holding "
-                    f"the other ranks screen new candidates for round {role.round + 1} instead."
-                )
-            return Start(
-                {_attrs.PHASE: _attrs.PHASE_SCREENING, _attrs.ROUND: role.round + 1},
-                screens=True,
-                resolution=resolution,
-                announce=True,
-            )
-        parent = ranked[role.rank - 1]
-        return Start(
-            {
-                _attrs.PHASE: _attrs.PHASE_PROMOTED,
-                _attrs.ROUND: role.round,
-                _attrs.RANK: role.rank,
-                _attrs.PARENT: parent.final.number,
-                _attrs.MU: parent.mu,
-                _attrs.ESTIMATOR: parent.final.user_attrs.get(_attrs.ESTIMATOR),
-            },
-            resolution=resolution,
-            message=(
-                f"Trial {trial.number} is promoted rank {role.rank} of round {role.round}: it "
-                f"reruns screening trial {parent.final.number} (mu={parent.mu:.6g}) at the full "
-                "budget."
-            ),
-            announce=True,
-        )
+    def enter(self, study: Study, trial: FrozenTrial) -> Waiting:
+        """The time before ``trial`` starts, in which it is kept alive (one per start)."""
+        return Waiting(self, study, trial)
 
-    def wait(
-        self, study: Study, trial: FrozenTrial, role: Role, config: SearchConfig
-    ) -> Resolution:
-        """Poll the storage, with growing intervals, until the rounds up to the trial's are
-        closed, or a retry of a dead screening trial is queued (see the caller)."""
+
+class Waiting:
+    """The time before a trial starts: it is kept alive, and a promotion that waits is paced.
+
+    Every pass of the trial's start begins with :meth:`keep_alive`: the trial's heartbeat, one
+    heartbeat for orphaned trials, and, while the trial waits for the screening of its round,
+    the checks, the log and the pause between two reads of the storage.
+    """
+
+    def __init__(self, barrier: ScreeningBarrier, study: Study, trial: FrozenTrial) -> None:
         storage = study._storage
         interval_of_storage = heartbeat_interval(storage)
-        heartbeat = interval_of_storage is not None
-        lease = needs_lease(storage)  # stale trials are failed and requeued by the waiters
-        retries_expected = lease or (heartbeat and retry_callback(storage) is not None)
-        started = time.monotonic()
-        interval, largest = self._poll_interval
+        self._trial = trial
+        self._open = barrier._open
+        self._wait_timeout = barrier._wait_timeout
+        self._stale_warning = barrier._stale_warning
+        self._heartbeat = interval_of_storage is not None
+        self._leases = barrier._leases
+        #: Stale trials are failed and requeued by the waiters (a storage without heartbeat).
+        self._lease = needs_lease(storage)
+        #: The storage retries a trial that dies without reporting (after ``retry_grace``).
+        self.retries_expected = self._lease or (
+            self._heartbeat and retry_callback(storage) is not None
+        )
+        self.retry_grace = _RETRY_GRACE
+        self._started = time.monotonic()
+        self._interval, self._largest = barrier._poll_interval
         if interval_of_storage is not None:  # beat at least as often as the storage expects
-            largest = min(largest, float(interval_of_storage))
-            interval = min(interval, largest)
-        last_log = -math.inf
-        warned: set[int] = set()
-        while True:
-            read_at = time.monotonic()
-            trials = storage.get_all_trials(study._study_id, deepcopy=False)
-            if lease:
-                self._leases.recover_stale(study, trials, read_at)
-            resolution = _state.resolve(
-                study, trials, config, retries_expected=retries_expected, retry_grace=_RETRY_GRACE
-            )
-            if role.round in resolution.rankings:
-                return resolution
-            open_round = resolution.open_round
-            assert open_round is not None  # rounds close in order; this one is still open
-            pending = resolution.pending
-            if any(a.state == TrialState.WAITING for c in pending for a in c.attempts):
-                # A retry of a dead screening trial is queued. If every live worker waited
-                # here, nobody would ever run it: hand the slot back instead (see caller).
-                return resolution
-            running = [a for c in pending for a in c.attempts if not a.state.is_finished()]
-            self._check_not_self_blocking(trial, role, running)
-            waited = time.monotonic() - started
-            if waited - last_log >= _LOG_EVERY_SECONDS:
-                numbers = ", ".join(str(c.final.number) for c in pending[:20])
-                _logger.info(
-                    f"Trial {trial.number} (promotion rank {role.rank} of round {role.round}) "
-                    f"waits for {len(pending)} screening trial(s) of round {open_round} to "
-                    f"finish: {numbers}."
-                )
-                last_log = waited
-            if not heartbeat:
-                self._warn_if_stuck(resolution.candidates[open_round], running, warned, lease)
-            if self._wait_timeout is not None and waited > self._wait_timeout:
-                raise ScreeningWaitError(
-                    f"Trial {trial.number} waited {waited:.0f} s (wait_timeout) for screening "
-                    f"trials {[c.final.number for c in pending]} of round {open_round}. It is "
-                    "marked failed and queued again, so rank "
-                    f"{role.rank} will run when a worker picks it up."
-                )
-            time.sleep(interval)
-            interval = min(largest, interval * 1.5)
-            if heartbeat:
-                beat(study, trial)
-                self._open.adopt_orphans(study, trials)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
+            self._largest = min(self._largest, float(interval_of_storage))
+            self._interval = min(self._interval, self._largest)
+        self._last_log = -math.inf
+        self._warned: set[int] = set()
+        self._queue_checked = False
 
-    def _check_not_self_blocking(
-        self, trial: FrozenTrial, role: Role, running: Sequence[FrozenTrial]
+    def keep_alive(
+        self, study: Study, snapshot: Snapshot | None, placement: Placement | None
     ) -> None:
+        """Beat the trial's heartbeat and give orphans among the trials of ``snapshot`` (the
+        last read) one; fail and requeue those whose lease went stale (a storage without
+        heartbeat); if ``placement`` waits, check, log and pause first, and fail stale trials
+        after (a storage with heartbeat)."""
+        waits = placement is not None and placement.waits
+        if waits:
+            assert placement is not None and placement.resolution is not None
+            self._pause(placement.role, placement.resolution)
+        beat(study, self._trial)
+        if snapshot is not None:
+            trials = snapshot.trials
+            if not self._queue_checked:
+                self._queue_checked = True
+                self._open.warn_if_sqlite_queue(study, self._trial, trials)
+            self._open.adopt_orphans(study, trials)
+            if self._lease:
+                self._leases.recover_stale(study, trials, snapshot.read_at)
+        if waits and self._heartbeat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+
+    def _pause(self, role: Role, resolution: Resolution) -> None:
+        """The trial's round is still screening: refuse to wait for this thread's own trials,
+        say what it waits for, warn about trials that seem stuck, give up after
+        ``wait_timeout``, and sleep, longer each time."""
+        trial = self._trial
+        open_round = resolution.open_round
+        assert open_round is not None  # rounds close in order; this one is still open
+        pending = resolution.pending
+        running = [a for c in pending for a in c.attempts if not a.state.is_finished()]
+        self._check_not_self_blocking(role, running)
+        waited = time.monotonic() - self._started
+        if waited - self._last_log >= _LOG_EVERY_SECONDS:
+            numbers = ", ".join(str(c.final.number) for c in pending[:20])
+            _logger.info(
+                f"Trial {trial.number} (promotion rank {role.rank} of round {role.round}) "
+                f"waits for {len(pending)} screening trial(s) of round {open_round} to "
+                f"finish: {numbers}."
+            )
+            self._last_log = waited
+        if not self._heartbeat:
+            self._warn_if_stuck(resolution.candidates[open_round], running)
+        if self._wait_timeout is not None and waited > self._wait_timeout:
+            raise ScreeningWaitError(
+                f"Trial {trial.number} waited {waited:.0f} s (wait_timeout) for screening "
+                f"trials {[c.final.number for c in pending]} of round {open_round}. It is "
+                "marked failed and queued again, so rank "
+                f"{role.rank} will run when a worker picks it up."
+            )
+        time.sleep(self._interval)
+        self._interval = min(self._largest, self._interval * 1.5)
+
+    def _check_not_self_blocking(self, role: Role, running: Sequence[FrozenTrial]) -> None:
         """``study.ask()`` called again before ``study.tell()`` would wait for itself."""
         mine = self._open.of_this_thread(running)
         if mine:
             raise ScreeningWaitError(
-                f"Trial {trial.number} holds promotion rank {role.rank} of round {role.round}, "
-                f"which needs the results of screening trials {mine}, but those were asked for "
-                "in this thread and not told yet: waiting would never end. Tell each screening "
-                "trial (study.tell) before asking for more trials than n_screening. The trial "
-                "is marked failed and queued again, so its rank is not lost."
+                f"Trial {self._trial.number} holds promotion rank {role.rank} of round "
+                f"{role.round}, which needs the results of screening trials {mine}, but those "
+                "were asked for in this thread and not told yet: waiting would never end. Tell "
+                "each screening trial (study.tell) before asking for more trials than "
+                "n_screening. The trial is marked failed and queued again, so its rank is not "
+                "lost."
             )
 
     def _warn_if_stuck(
-        self,
-        candidates: Sequence[Candidate],
-        running: Sequence[FrozenTrial],
-        warned: set[int],
-        lease: bool,
+        self, candidates: Sequence[Candidate], running: Sequence[FrozenTrial]
     ) -> None:
         durations = [
             (a.datetime_complete - a.datetime_start).total_seconds()
@@ -317,12 +290,12 @@ class ScreeningBarrier:
         limit = max(self._stale_warning, 5 * statistics.median(durations) if durations else 0.0)
         now = datetime.datetime.now()
         for attempt in running:
-            if attempt.number in warned or attempt.datetime_start is None:
+            if attempt.number in self._warned or attempt.datetime_start is None:
                 continue
             seconds = (now - attempt.datetime_start).total_seconds()
             if seconds > limit:
-                warned.add(attempt.number)
-                if lease:
+                self._warned.add(attempt.number)
+                if self._lease:
                     _logger.warning(
                         f"Screening trial {attempt.number} has been running for {seconds:.0f} "
                         "s, and its worker still refreshes its lease, so the worker is alive; "
