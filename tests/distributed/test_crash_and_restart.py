@@ -127,6 +127,9 @@ def _stop_all(workers: list[subprocess.Popen[bytes]], sig: int) -> None:
             process.wait()
 
 
+# Three rounds of starting and stopping three worker processes (each imports torch): about 20 s
+# on a quiet 2-core machine, but over 300 s was seen under heavy load, so the hang guard is wider.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("backend", ["postgresql", "journal"], indirect=True)
 def test_stopping_every_worker_and_starting_again_continues(
     backend: str, storage_spec: str, tmp_path: Path

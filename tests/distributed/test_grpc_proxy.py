@@ -28,6 +28,7 @@ EXACTLY_ONCE_RUNS = 10
 FAULT_RUNS = 5
 
 
+@pytest.mark.timeout(900)
 def test_each_promotion_runs_exactly_once_through_the_proxy(
     pool: Pool, grpc_proxy_url: str
 ) -> None:
@@ -55,6 +56,7 @@ def test_each_promotion_runs_exactly_once_through_the_proxy(
         storage.close()
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("phase", ["screening", "promoted"])
 def test_a_killed_worker_is_recovered_through_the_proxy(
     pool: Pool, grpc_proxy_url: str, tmp_path: Path, phase: str
