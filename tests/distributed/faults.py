@@ -16,6 +16,7 @@ from optuna_convexity import _attrs
 from tests.distributed.conftest import FAULTS
 from tests.distributed.conftest import new_study
 from tests.distributed.conftest import Pool
+from tests.distributed.conftest import STATS
 from tests.distributed.worker import storage_of
 from tests.search.helpers import check_round
 
@@ -40,6 +41,18 @@ def count_problems(study: optuna.Study, n_promoted: int) -> tuple[int, int]:
     duplicated = sum(count - 1 for count in per_rank.values())
     missing = sum(1 for rank in range(1, n_promoted + 1) if rank not in per_rank)
     return duplicated, missing
+
+
+def check_promoted_exactly_once(study: optuna.Study, n_screening: int, n_promoted: int) -> None:
+    """Round 0 of a finished multi-process run: every rank completed exactly once (counted in
+    the session's summary line), the round is consistent, and no trial is left running."""
+    duplicated, missing = count_problems(study, n_promoted)
+    STATS["runs"] += 1
+    STATS["duplicated_ranks"] += duplicated
+    STATS["missing_ranks"] += missing
+    assert (duplicated, missing) == (0, 0)
+    check_round(study, 0, n_screening, n_promoted)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
 def hanging(marker: Path, count: int, timeout: float) -> list[tuple[int, int]]:

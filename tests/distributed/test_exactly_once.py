@@ -5,15 +5,12 @@ from __future__ import annotations
 import random
 
 import optuna
-from optuna.trial import TrialState
 import pytest
 
 from tests.distributed.conftest import new_study
 from tests.distributed.conftest import Pool
-from tests.distributed.conftest import STATS
-from tests.distributed.faults import count_problems
+from tests.distributed.faults import check_promoted_exactly_once
 from tests.distributed.worker import storage_of
-from tests.search.helpers import check_round
 
 
 REPETITIONS = 20
@@ -43,10 +40,4 @@ def test_each_promotion_runs_exactly_once(
         ]
         pool.run(specs, timeout=120)
         study = optuna.load_study(study_name=name, storage=storage_of({"storage": storage}))
-        duplicated, missing = count_problems(study, N_PROMOTED)
-        STATS["runs"] += 1
-        STATS["duplicated_ranks"] += duplicated
-        STATS["missing_ranks"] += missing
-        assert (duplicated, missing) == (0, 0)
-        check_round(study, 0, N_SCREENING, N_PROMOTED)
-        assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+        check_promoted_exactly_once(study, N_SCREENING, N_PROMOTED)

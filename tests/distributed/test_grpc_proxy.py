@@ -8,19 +8,16 @@ from pathlib import Path
 import random
 
 import optuna
-from optuna.trial import TrialState
 import pytest
 
 from tests.distributed.conftest import new_study
 from tests.distributed.conftest import Pool
-from tests.distributed.conftest import STATS
-from tests.distributed.faults import count_problems
+from tests.distributed.faults import check_promoted_exactly_once
 from tests.distributed.faults import fault_run
 from tests.distributed.faults import N_PROMOTED
 from tests.distributed.faults import N_SCREENING
 from tests.distributed.faults import POLL_INTERVAL
 from tests.distributed.worker import storage_of
-from tests.search.helpers import check_round
 
 
 N_WORKERS = 16
@@ -46,13 +43,7 @@ def test_each_promotion_runs_exactly_once_through_the_proxy(
         pool.run([{**spec, "seed": seed + index} for index in range(N_WORKERS)], timeout=180)
         storage = storage_of({"storage": grpc_proxy_url})
         study = optuna.load_study(study_name=name, storage=storage)
-        duplicated, missing = count_problems(study, N_PROMOTED)
-        STATS["runs"] += 1
-        STATS["duplicated_ranks"] += duplicated
-        STATS["missing_ranks"] += missing
-        assert (duplicated, missing) == (0, 0)
-        check_round(study, 0, N_SCREENING, N_PROMOTED)
-        assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+        check_promoted_exactly_once(study, N_SCREENING, N_PROMOTED)
         storage.close()
 
 
