@@ -8,7 +8,6 @@ The cases of the search (sampler, pruner, study) are in ``tests/search/test_bad_
 from __future__ import annotations
 
 from collections.abc import Callable
-import dataclasses
 import functools
 import re
 from typing import Any
@@ -23,6 +22,7 @@ from optuna_convexity.hessian import HutchinsonEstimator
 from optuna_convexity.hessian import LastLayerEstimator
 from optuna_convexity.hessian import PaperEstimator
 from optuna_convexity.hessian import strong_convexity
+from tests.bad_input import Bad
 
 
 N = 8
@@ -101,15 +101,6 @@ def _frozen_head() -> nn.Module:
     model = _mlp()
     model[2].weight.requires_grad_(False)
     return model
-
-
-@dataclasses.dataclass(frozen=True)
-class Bad:
-    id: str
-    call: Callable[[], object]
-    error: type[Exception]
-    #: A regular expression the message must match: it names the problem and the fix.
-    message: str
 
 
 CASES = [

@@ -10,7 +10,6 @@ The cases of the Hessian module (models, loaders, losses, targets, devices) are 
 from __future__ import annotations
 
 from collections.abc import Callable
-import dataclasses
 import logging
 import math
 import re
@@ -26,6 +25,7 @@ from torch import nn
 import optuna_convexity
 from optuna_convexity import _attrs
 from optuna_convexity import ScreeningWaitError
+from tests.bad_input import Bad
 from tests.search.helpers import objective
 
 
@@ -133,15 +133,6 @@ def _plain_study() -> optuna.Study:
     study = optuna.create_study()
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     return study
-
-
-@dataclasses.dataclass(frozen=True)
-class Bad:
-    id: str
-    call: Callable[[], object]
-    error: type[Exception]
-    #: A regular expression the message must match: it names the problem and the fix.
-    message: str
 
 
 CASES = [
