@@ -7,7 +7,7 @@ round is still screening goes round again. Then its start is decided (:func:`._s
 and written in one step (:func:`._state.write_start`), and a screening trial is handed to the
 screening sampler. A trial that cannot start is failed, and its promotion queued again
 (:func:`._state.abandon`). On a storage without Optuna's heartbeat the trial holds a lease
-from here until ``after_trial`` (:mod:`._lease`).
+from its :class:`._waiting.Waiting` until ``after_trial`` (:mod:`._lease`).
 """
 
 from __future__ import annotations
@@ -61,18 +61,18 @@ class TrialStarter:
         screens; if it cannot start, it is failed (and its promotion queued again)."""
         config = self._config
         self._open.open(trial)
-        self._leases.hold(study, trial)  # on a storage without heartbeat, until after_trial
         try:
             # Optuna's heartbeat thread starts only after before_trial returns, and a trial
             # without a heartbeat is never found stale: if its worker dies before then (a
             # promotion can wait here a long time), the trial would stay RUNNING forever. So
             # every pass beats first, and the trial beats once more when its start is written
-            # (which tells the listeners: the dashboard's refresh can take seconds).
+            # (which tells the listeners: the dashboard's refresh can take seconds). On a
+            # storage without heartbeat, the trial holds a lease from here until after_trial.
             waiting = self._barrier.enter(study, trial)
             snapshot: _state.Snapshot | None = None
             placement: _placement.Placement | None = None
             while True:
-                waiting.keep_alive(study, snapshot, placement)
+                waiting.keep_alive(snapshot, placement)
                 if placement is not None and not placement.waits:
                     break
                 key = (id(study._storage), study._study_id)
@@ -102,7 +102,7 @@ class TrialStarter:
             _state.write_start(study, trial, start)
             if start.screens:
                 self._screening_sampler.before_trial(study, trial)
-            waiting.keep_alive(study, None, None)  # Optuna's heartbeat thread takes over now
+            waiting.keep_alive(None, None)  # Optuna's heartbeat thread takes over now
         except BaseException as error:
             self._open.close(trial)
             self._leases.release(trial)

@@ -96,7 +96,8 @@ class OpenTrials:
             return [t.number for t in trials if self._threads.get(t._trial_id) == thread]
 
     def adopt_orphans(self, study: Study, trials: Sequence[FrozenTrial]) -> None:
-        """Give every RUNNING trial that has no phase yet one heartbeat, once.
+        """Give every RUNNING trial that has no phase yet one heartbeat, once (on a storage
+        with heartbeat).
 
         A worker killed inside ``study.ask()`` before the sampler's ``before_trial`` ran
         leaves a RUNNING trial with no heartbeat, which Optuna never finds stale; a screening
@@ -104,8 +105,6 @@ class OpenTrials:
         an ordinary stale trial after the grace period (Optuna then fails it and its retry
         callback requeues it). A live trial is unaffected: its own worker keeps beating.
         """
-        if heartbeat_interval(study._storage) is None:
-            return
         ours = self.ids()
         for other in trials:
             if (
@@ -172,61 +171,68 @@ class ScreeningBarrier:
         self._leases = leases
 
     def enter(self, study: Study, trial: FrozenTrial) -> Waiting:
-        """The time before ``trial`` starts, in which it is kept alive (one per start)."""
+        """The time before ``trial`` starts, in which it is kept alive (one per start); the
+        trial holds its lease from here (a storage without heartbeat, see :mod:`._lease`)."""
         return Waiting(self, study, trial)
 
 
 class Waiting:
     """The time before a trial starts: it is kept alive, and a promotion that waits is paced.
 
-    Every pass of the trial's start begins with :meth:`keep_alive`: the trial's heartbeat, one
-    heartbeat for orphaned trials, and, while the trial waits for the screening of its round,
-    the checks, the log and the pause between two reads of the storage.
+    It is bound to one trial of one study when it begins (:meth:`ScreeningBarrier.enter`): it
+    reads there once how the storage finds dead trials, and the trial takes its lease. Every
+    pass of the trial's start then begins with :meth:`keep_alive`: the trial's heartbeat, one
+    heartbeat for orphaned trials, stale leases recovered, and, while the trial waits for the
+    screening of its round, the checks, the log and the pause between two reads of the storage.
     """
 
     def __init__(self, barrier: ScreeningBarrier, study: Study, trial: FrozenTrial) -> None:
         storage = study._storage
-        interval_of_storage = heartbeat_interval(storage)
+        self._study = study
         self._trial = trial
         self._open = barrier._open
         self._wait_timeout = barrier._wait_timeout
         self._stale_warning = barrier._stale_warning
-        self._heartbeat = interval_of_storage is not None
         self._leases = barrier._leases
-        #: Stale trials are failed and requeued by the waiters (a storage without heartbeat).
-        self._lease = needs_lease(storage)
-        #: The storage retries a trial that dies without reporting (after ``retry_grace``).
-        self.retries_expected = self._lease or (
-            self._heartbeat and retry_callback(storage) is not None
-        )
         self.retry_grace = _RETRY_GRACE
         self._started = time.monotonic()
         self._interval, self._largest = barrier._poll_interval
-        if interval_of_storage is not None:  # beat at least as often as the storage expects
-            self._largest = min(self._largest, float(interval_of_storage))
-            self._interval = min(self._interval, self._largest)
         self._last_log = -math.inf
         self._warned: set[int] = set()
         self._queue_checked = False
+        retried_by_storage = retry_callback(storage) is not None
+        # How the storage finds dead trials, read once for the whole start:
+        interval_of_storage = heartbeat_interval(storage)
+        self._heartbeat = interval_of_storage is not None
+        #: Stale trials are failed and requeued by the waiters (a storage without heartbeat).
+        self._lease = needs_lease(storage)
+        #: The storage retries a trial that dies without reporting (after ``retry_grace``).
+        self.retries_expected = self._lease or (self._heartbeat and retried_by_storage)
+        if interval_of_storage is not None:  # beat at least as often as the storage expects
+            self._largest = min(self._largest, float(interval_of_storage))
+            self._interval = min(self._interval, self._largest)
+        # The trial holds its lease from here until after_trial (released on a failed start).
+        self._leases.hold(study, trial)
 
-    def keep_alive(
-        self, study: Study, snapshot: Snapshot | None, placement: Placement | None
-    ) -> None:
+    def keep_alive(self, snapshot: Snapshot | None, placement: Placement | None) -> None:
         """Beat the trial's heartbeat and give orphans among the trials of ``snapshot`` (the
         last read) one; fail and requeue those whose lease went stale (a storage without
         heartbeat); if ``placement`` waits, check, log and pause first, and fail stale trials
         after (a storage with heartbeat)."""
+        study = self._study
         waits = placement is not None and placement.waits
         if waits:
             assert placement is not None and placement.resolution is not None
             self._pause(placement.role, placement.resolution)
-        beat(study, self._trial)
+        if self._heartbeat:  # what beat() does, with the storage's kind read once
+            study._storage.record_heartbeat(self._trial._trial_id)  # type: ignore[attr-defined]
         if snapshot is not None:
             trials = snapshot.trials
             if not self._queue_checked:
                 self._queue_checked = True
                 self._open.warn_if_sqlite_queue(study, self._trial, trials)
-            self._open.adopt_orphans(study, trials)
+            if self._heartbeat:
+                self._open.adopt_orphans(study, trials)
             if self._lease:
                 self._leases.recover_stale(study, trials, snapshot.read_at)
         if waits and self._heartbeat:
