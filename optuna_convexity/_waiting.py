@@ -224,8 +224,7 @@ class Waiting:
         if waits:
             assert placement is not None and placement.resolution is not None
             self._pause(placement.role, placement.resolution)
-        if self._heartbeat:  # what beat() does, with the storage's kind read once
-            study._storage.record_heartbeat(self._trial._trial_id)  # type: ignore[attr-defined]
+        beat(study, self._trial)
         if snapshot is not None:
             trials = snapshot.trials
             if not self._queue_checked:
